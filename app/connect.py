@@ -1,0 +1,122 @@
+"""One login as the master user over TLS, and what its failures mean.
+
+libpq reports connection failures as text with no SQLSTATE, so they are told apart by
+the messages libpq and the server send; anything not known to be final is treated as
+transient (a cluster resuming, resolving, restarting) and retried by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import psycopg
+
+from app import log
+from app.credentials import MasterLogin
+from app.errors import ConfigError, LoginRefused
+from app.retry import Deadline
+from app.settings import Settings
+
+APPLICATION_NAME = "aurora-bootstrap"
+
+_AUTH_FAILED = re.compile(
+    r"password authentication failed|authentication failed|"
+    r"no pg_hba\.conf entry|pg_hba\.conf rejects|"
+    r'role "[^"]*" does not exist|database "[^"]*" does not exist|'
+    r"permission denied for database|not permitted to log in|"
+    r"password is required",
+)
+# "SSL SYSCALL error" is a lost connection, not a verification failure: not listed.
+_TLS_FAILED = re.compile(
+    r"certificate|does not match host name|server does not support SSL|SSL error:|"
+    r"tlsv1 alert|sslv3 alert",
+    re.IGNORECASE,
+)
+# Retryable states seen inside a session: serialization, deadlock, lock timeout,
+# too many connections, shutdown/restart, crash recovery.
+RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
+
+
+def is_auth_failure(exc: psycopg.OperationalError) -> bool:
+    return bool(_AUTH_FAILED.search(str(exc)))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a retry of the whole unit (connect and transaction) may succeed."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is not None:
+        return state in RETRY_SQLSTATES or state.startswith("08")
+    # Without a server code: the connection failed or was lost.
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, psycopg.Error) and exc.sqlstate:
+        text = f"{text} (SQLSTATE {exc.sqlstate})"
+    return log.redact(f"{type(exc).__name__}: {text}")
+
+
+def _ssl_options(settings: Settings) -> dict[str, str]:
+    options = {"sslmode": settings.db_sslmode}
+    rootcert = settings.db_sslrootcert
+    if settings.db_sslmode in ("verify-ca", "verify-full"):
+        if not rootcert.is_file():
+            raise ConfigError(
+                "DB_SSLROOTCERT",
+                f"CA bundle {rootcert} not found (needed by DB_SSLMODE={settings.db_sslmode})",
+            )
+        options["sslrootcert"] = str(rootcert)
+    elif settings.db_sslmode != "disable" and rootcert.is_file():
+        options["sslrootcert"] = str(rootcert)
+    return options
+
+
+def check(settings: Settings) -> None:
+    """Settings problems that can be found before any connection is tried."""
+    _ssl_options(settings)
+
+
+def connect(
+    login: MasterLogin, settings: Settings, deadline: Deadline
+) -> psycopg.Connection[tuple[object, ...]]:
+    """One connection attempt. Final refusals raise LoginRefused; others propagate.
+
+    A password from Secrets Manager may have rotated since it was read: on an
+    authentication failure it is fetched again once before the login counts as refused.
+    """
+    while True:
+        timeout = max(2, min(settings.connect_timeout, math.ceil(deadline.remaining())))
+        try:
+            conn = psycopg.connect(
+                host=login.host,
+                port=login.port,
+                dbname=login.dbname,
+                user=login.user,
+                password=login.password,
+                connect_timeout=timeout,
+                application_name=APPLICATION_NAME,
+                **_ssl_options(settings),
+            )
+        except psycopg.OperationalError as exc:
+            if is_auth_failure(exc):
+                if login.refresh_password():
+                    log.event("secret_refetched", reason="login refused; secret may have rotated")
+                    continue
+                raise LoginRefused(f"{login.user}@{login.host}: {describe(exc)}") from None
+            if _TLS_FAILED.search(str(exc)):
+                raise LoginRefused(
+                    f"TLS to {login.host}:{login.port} failed (DB_SSLMODE="
+                    f"{settings.db_sslmode}, DB_SSLROOTCERT={settings.db_sslrootcert}): "
+                    f"{describe(exc)}"
+                ) from None
+            raise
+        conn.add_notice_handler(_log_notice)
+        return conn
+
+
+def _log_notice(diag: psycopg.errors.Diagnostic) -> None:
+    log.event("server_notice", severity=diag.severity, text=diag.message_primary)

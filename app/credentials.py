@@ -1,0 +1,59 @@
+"""Where the master login comes from: DB_PASSWORD, else AWS (secret or cluster).
+
+The AWS sources live in their own module, imported only when used, so that a run
+with DB_HOST, DB_USER and DB_PASSWORD never loads the AWS SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app import log
+from app.errors import ConfigError
+from app.retry import Deadline
+from app.settings import Settings
+
+DEFAULT_PORT = 5432
+
+
+@dataclass
+class MasterLogin:
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str = field(repr=False)
+    source: Literal["env", "secret", "cluster"]
+    # Fetches the password again (a rotated secret); None when it cannot change.
+    refetch: Callable[[], str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        log.register_secret(self.password)
+
+    def refresh_password(self) -> bool:
+        """Fetch a rotated password once; False when there is nothing to fetch."""
+        if self.refetch is None:
+            return False
+        self.password = self.refetch()
+        log.register_secret(self.password)
+        self.refetch = None
+        return True
+
+
+def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
+    if not settings.needs_aws:
+        assert settings.db_host and settings.db_user and settings.db_password
+        return MasterLogin(
+            host=settings.db_host,
+            port=settings.db_port or DEFAULT_PORT,
+            dbname=settings.db_name,
+            user=settings.db_user,
+            password=settings.db_password.get_secret_value(),
+            source="env",
+        )
+    raise ConfigError(
+        "DB_SECRET_ARN" if settings.db_secret_arn else "DB_CLUSTER_ID",
+        "AWS credential sources are not supported yet; set DB_HOST, DB_USER and DB_PASSWORD",
+    )

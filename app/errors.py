@@ -1,0 +1,72 @@
+"""The job's failures, each with the one exit code the contract gives it."""
+
+from __future__ import annotations
+
+
+class BootstrapError(Exception):
+    """A failure the job reports and exits on; never carries a secret value."""
+
+    exit_code = 1
+    kind = "internal_error"
+
+
+class ConfigError(BootstrapError):
+    """A setting is missing, malformed or unsafe; nothing was attempted."""
+
+    exit_code = 2
+    kind = "config_error"
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+
+
+class AwsError(BootstrapError):
+    """An AWS failure that retrying cannot fix."""
+
+    exit_code = 3
+    kind = "aws_error"
+
+
+class LoginRefused(BootstrapError):
+    """The database refused the master login, or its certificate did not verify."""
+
+    exit_code = 4
+    kind = "login_refused"
+
+
+class DeadlineExceeded(BootstrapError):
+    """DEADLINE_SECONDS passed while waiting or retrying."""
+
+    exit_code = 5
+    kind = "deadline_exceeded"
+
+
+class InitSqlError(BootstrapError):
+    """init.sql failed; the transaction was rolled back."""
+
+    exit_code = 6
+    kind = "init_sql_error"
+
+    def __init__(
+        self, message: str, *, file: str, line: int | None, sqlstate: str | None
+    ) -> None:
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {message} (SQLSTATE {sqlstate or 'unknown'})")
+        self.file = file
+        self.line = line
+        self.sqlstate = sqlstate
+
+
+class DriftFound(BootstrapError):
+    """verify found the database out of line with the settings."""
+
+    exit_code = 7
+    kind = "drift"
+
+
+class TaskNotStarted(BootstrapError):
+    """ecs-run: the task stopped without running the container."""
+
+    exit_code = 8
+    kind = "task_not_started"

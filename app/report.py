@@ -1,0 +1,39 @@
+"""The one JSON result line on stdout that ends apply, plan and verify."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from app import log
+
+
+@dataclass
+class Result:
+    command: str
+    exit_code: int = 0
+    changes: list[dict[str, object]] = field(default_factory=list)
+    duration_ms: int = 0
+    error: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "command": self.command,
+            "status": "ok" if self.exit_code == 0 else "error",
+            "exit_code": self.exit_code,
+            "changes": self.changes,
+            "duration_ms": self.duration_ms,
+        }
+        body |= self.extra
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+def emit(result: Result) -> None:
+    line = json.dumps(result.as_json(), separators=(",", ":"), ensure_ascii=False)
+    sys.stdout.write(log.redact(line) + "\n")
+    sys.stdout.flush()

