@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.exit_code = exc.exit_code
         result.error = {"type": exc.kind, "message": log.redact(str(exc))}
         log.event("failed", logging.ERROR, error=exc.kind, detail=str(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (any other failure is a bug: exit 1)
         result.exit_code = 1
         result.error = {"type": "internal_error", "message": log.redact(repr(exc))}
         log.LOGGER.exception("internal_error")

@@ -60,8 +60,8 @@ def describe(exc: BaseException) -> str:
     return log.redact(f"{type(exc).__name__}: {text}")
 
 
-def _ssl_options(settings: Settings) -> dict[str, str]:
-    options = {"sslmode": settings.db_sslmode}
+def _sslrootcert(settings: Settings) -> str | None:
+    """The CA bundle to verify against: required by verify-*, used if present otherwise."""
     rootcert = settings.db_sslrootcert
     if settings.db_sslmode in ("verify-ca", "verify-full"):
         if not rootcert.is_file():
@@ -69,15 +69,15 @@ def _ssl_options(settings: Settings) -> dict[str, str]:
                 "DB_SSLROOTCERT",
                 f"CA bundle {rootcert} not found (needed by DB_SSLMODE={settings.db_sslmode})",
             )
-        options["sslrootcert"] = str(rootcert)
-    elif settings.db_sslmode != "disable" and rootcert.is_file():
-        options["sslrootcert"] = str(rootcert)
-    return options
+        return str(rootcert)
+    if settings.db_sslmode != "disable" and rootcert.is_file():
+        return str(rootcert)
+    return None
 
 
 def check(settings: Settings) -> None:
     """Settings problems that can be found before any connection is tried."""
-    _ssl_options(settings)
+    _sslrootcert(settings)
 
 
 def connect(
@@ -99,7 +99,8 @@ def connect(
                 password=login.password,
                 connect_timeout=timeout,
                 application_name=APPLICATION_NAME,
-                **_ssl_options(settings),
+                sslmode=settings.db_sslmode,
+                sslrootcert=_sslrootcert(settings),
             )
         except psycopg.OperationalError as exc:
             if is_auth_failure(exc):

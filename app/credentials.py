@@ -43,14 +43,14 @@ class MasterLogin:
 
 
 def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
-    if not settings.needs_aws:
-        assert settings.db_host and settings.db_user and settings.db_password
+    host, user, password = settings.db_host, settings.db_user, settings.db_password
+    if host is not None and user is not None and password is not None:
         return MasterLogin(
-            host=settings.db_host,
+            host=host,
             port=settings.db_port or DEFAULT_PORT,
             dbname=settings.db_name,
-            user=settings.db_user,
-            password=settings.db_password.get_secret_value(),
+            user=user,
+            password=password.get_secret_value(),
             source="env",
         )
     raise ConfigError(

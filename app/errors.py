@@ -48,9 +48,7 @@ class InitSqlError(BootstrapError):
     exit_code = 6
     kind = "init_sql_error"
 
-    def __init__(
-        self, message: str, *, file: str, line: int | None, sqlstate: str | None
-    ) -> None:
+    def __init__(self, message: str, *, file: str, line: int | None, sqlstate: str | None) -> None:
         where = f"{file}:{line}" if line is not None else file
         super().__init__(f"{where}: {message} (SQLSTATE {sqlstate or 'unknown'})")
         self.file = file

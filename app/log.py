@@ -56,8 +56,8 @@ class _RedactFilter(logging.Filter):
 
 
 class _JsonFormatter(JsonFormatter):
-    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
-        return redact(super().formatException(ei))
+    def formatException(self, ei: Any) -> str:
+        return redact(str(super().formatException(ei)))
 
 
 class _TextFormatter(logging.Formatter):

@@ -19,8 +19,8 @@ T = TypeVar("T")
 # Backoff: full jitter over 0.2 s * 2^n, at most 10 s between attempts.
 _BASE_SECONDS = 0.2
 _MAX_WAIT_SECONDS = 10.0
-# No attempt starts with less than this left: it could not finish anyway.
-_MIN_ATTEMPT_SECONDS = 0.05
+# The last attempt starts with at least this much of the deadline left.
+_MIN_ATTEMPT_SECONDS = 0.5
 
 
 @dataclass
@@ -54,26 +54,28 @@ def run(
         return min(backoff(state), max(deadline.remaining() - _MIN_ATTEMPT_SECONDS, 0.0))
 
     def stop(state: RetryCallState) -> bool:
-        return deadline.remaining() - state.upcoming_sleep < _MIN_ATTEMPT_SECONDS
+        # wait() never sleeps into the last _MIN_ATTEMPT_SECONDS; once there, stop.
+        return deadline.remaining() <= _MIN_ATTEMPT_SECONDS
+
+    def reason(state: RetryCallState) -> str:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return describe(exc) if exc is not None else "no result"
 
     def before_sleep(state: RetryCallState) -> None:
-        assert state.outcome is not None
         log.event(
             "retry",
             logging.WARNING,
             what=what,
             attempt=state.attempt_number,
-            reason=describe(state.outcome.exception()),  # type: ignore[arg-type]
+            reason=reason(state),
             delay_s=round(state.upcoming_sleep, 3),
             remaining_s=round(deadline.remaining(), 3),
         )
 
     def give_up(state: RetryCallState) -> T:
-        assert state.outcome is not None
-        reason = describe(state.outcome.exception())  # type: ignore[arg-type]
         raise DeadlineExceeded(
             f"gave up {what} after {state.attempt_number} attempts in "
-            f"{deadline.elapsed():.1f}s (DEADLINE_SECONDS={deadline.seconds:g}): {reason}"
+            f"{deadline.elapsed():.1f}s (DEADLINE_SECONDS={deadline.seconds:g}): {reason(state)}"
         )
 
     retrying = Retrying(

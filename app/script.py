@@ -35,9 +35,7 @@ class Script:
     path: Path
     statements: tuple[Statement, ...]
 
-    def error_line(
-        self, statement: Statement, position: int | None, context: str | None
-    ) -> int:
+    def error_line(self, statement: Statement, position: int | None, context: str | None) -> int:
         """Best file line for an error the server raised while running `statement`."""
         if position:
             return statement.line_of(position)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app import users
@@ -127,23 +128,22 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def needs_aws(self) -> bool:
-        """Whether anything must be looked up in AWS before connecting."""
-        return self.db_password is None or self.db_host is None or self.db_user is None
-
-    @property
     def log_format_resolved(self) -> Literal["json", "text"]:
         if self.log_format is not None:
             return self.log_format
         return "text" if sys.stderr.isatty() else "json"
 
 
-def _describe(error: dict[str, Any]) -> ConfigError:
+def _describe(error: ErrorDetails) -> ConfigError:
     loc = error.get("loc") or ("settings",)
     name = str(loc[0])
     message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
     value = error.get("input")
-    if name not in SECRET_SETTINGS and isinstance(value, str) and error.get("type") != "value_error":
+    if (
+        name not in SECRET_SETTINGS
+        and isinstance(value, str)
+        and error.get("type") != "value_error"
+    ):
         shown = value if len(value) <= 80 else value[:77] + "..."
         message = f"{message} (got {shown!r})"
     return ConfigError(name, message)

@@ -33,9 +33,43 @@ END
 $$;
 
 GRANT USAGE ON SCHEMA public TO app_readonly, app_readwrite;
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_readonly;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_readwrite;
-GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO app_readwrite;
+
+-- Tables and sequences already in schema public. Only objects the master user owns
+-- (directly or through a role) can be granted on; other owners' objects are left to
+-- them, rather than failing the whole run on "permission denied".
+DO $$
+DECLARE
+    obj record;
+BEGIN
+    FOR obj IN
+        SELECT p.kind, format('%I.%I', n.nspname, c.relname) AS rel, p.grp,
+               string_agg(p.privilege, ', ' ORDER BY p.privilege) AS privileges
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN (VALUES
+            ('TABLE', 'app_readonly', 'SELECT'),
+            ('TABLE', 'app_readwrite', 'SELECT'),
+            ('TABLE', 'app_readwrite', 'INSERT'),
+            ('TABLE', 'app_readwrite', 'UPDATE'),
+            ('TABLE', 'app_readwrite', 'DELETE'),
+            ('SEQUENCE', 'app_readwrite', 'USAGE'),
+            ('SEQUENCE', 'app_readwrite', 'SELECT')
+        ) AS p(kind, grp, privilege)
+          ON p.kind = CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
+        WHERE n.nspname = 'public'
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+          AND pg_has_role(c.relowner, 'USAGE')
+          AND NOT CASE c.relkind
+                WHEN 'S' THEN has_sequence_privilege(p.grp, c.oid, p.privilege)
+                ELSE has_table_privilege(p.grp, c.oid, p.privilege) END
+        GROUP BY 1, 2, 3
+        ORDER BY 2, 3
+    LOOP
+        EXECUTE format('GRANT %s ON %s %s TO %I', obj.privileges, obj.kind, obj.rel, obj.grp);
+    END LOOP;
+END
+$$;
+
 -- Tables the master user creates later get the same privileges.
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO app_readonly;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public

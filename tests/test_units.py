@@ -1,0 +1,98 @@
+"""Fast checks of the pure parts: IAM_USERS parsing and init.sql splitting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app import script, users
+from app.errors import ConfigError
+
+
+def test_comma_form_with_roles() -> None:
+    assert users.parse(" alice:app_readonly , bob:app_readwrite:analytics,carol ") == (
+        users.IamUser("alice", ("app_readonly",)),
+        users.IamUser("bob", ("app_readwrite", "analytics")),
+        users.IamUser("carol", ()),
+    )
+
+
+def test_json_form_matches_comma_form() -> None:
+    assert users.parse(
+        '[{"name": "alice", "roles": ["app_readonly"]}, {"name": "carol"}]'
+    ) == users.parse("alice:app_readonly,carol")
+
+
+@pytest.mark.parametrize("raw", ["", "   "])
+def test_empty_means_no_users(raw: str) -> None:
+    assert users.parse(raw) == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("alice,Alice", "entry 2 'Alice'"),
+        ("alice:alice", "cannot be granted to itself"),
+        ("alice:x:x", "listed twice"),
+        ('[{"name": 1}]', "must be a string"),
+        ('[{"name": "a", "roles": "x"}]', "must be a list"),
+        ('[{"name": "a", "roles": [1]}]', "must be strings"),
+        ('["a"]', "must be an object"),
+        ("[1,", "not valid JSON"),
+        ("rds_iam", "reserved"),
+        ("x" * 64, "at most 63"),
+    ],
+)
+def test_rejections_name_the_entry_and_the_problem(raw: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        users.parse(raw)
+    assert err.value.setting == "IAM_USERS"
+    assert fragment in str(err.value)
+
+
+def test_master_user_is_refused() -> None:
+    with pytest.raises(ConfigError, match="master user"):
+        users.check_master(users.parse("app,admin"), "admin")
+
+
+SQL = """-- leading comment; with a semicolon
+CREATE ROLE a;
+
+DO $body$
+BEGIN
+    RAISE NOTICE 'a;b';
+END
+$body$;
+/* block; /* nested; */ */ SELECT 'it''s;', E'\\';', "x;y" FROM t;
+SELECT $$;$$, $1
+;
+-- trailing comment only
+"""
+
+
+def test_split_respects_quotes_comments_and_dollar_quotes() -> None:
+    parsed = script.parse(Path("init.sql"), SQL)
+    texts = [s.text for s in parsed.statements]
+    assert texts[0].endswith("CREATE ROLE a;")
+    assert texts[1].startswith("DO $body$") and texts[1].endswith("$body$;")
+    assert "E'\\';'" in texts[2]
+    assert texts[3].startswith("SELECT $$;$$")
+    assert len(texts) == 4
+    assert [s.line for s in parsed.statements] == [1, 4, 9, 10]
+    assert parsed.statements[1].body_line == 4
+
+
+def test_error_lines_map_back_to_the_file() -> None:
+    parsed = script.parse(Path("init.sql"), SQL)
+    do_block = parsed.statements[1]
+    context = "PL/pgSQL function inline_code_block line 3 at RAISE"
+    assert parsed.error_line(do_block, None, context) == 6
+    last = parsed.statements[3]
+    assert parsed.error_line(last, len("SELECT $$;$$, $1\n;"), None) == 11
+
+
+@pytest.mark.parametrize("text", ["SELECT 'open", "DO $$ BEGIN", "/* open", 'SELECT "x'])
+def test_unterminated_text_is_a_config_error(text: str) -> None:
+    with pytest.raises(ConfigError, match="unterminated"):
+        script.parse(Path("init.sql"), text)
