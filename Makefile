@@ -1,0 +1,46 @@
+# aurora-bootstrap: developer entry points. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CMD    ?= apply
+
+.DEFAULT_GOAL := help
+.PHONY: help install system-deps run db-stop test lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/aurora-bootstrap: requirements-dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app in it
+
+system-deps: ## Debian's PostgreSQL 15 (with TLS) for the tests, if missing
+	@if [ -x /usr/lib/postgresql/15/bin/postgres ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15; \
+	else echo "PostgreSQL 15 missing: apt-get install postgresql-15 (its tests are skipped)"; fi
+
+run: install ## run the job ($(CMD)) against a local PostgreSQL with Aurora's roles
+	$(BIN)/python -m tools.localdb run $(CMD)
+
+db-stop: ## stop the local PostgreSQL that `make run` started
+	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb stop
+
+lint: install ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## apply ruff's formatting and fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install system-deps lint ## lint, then every test on PostgreSQL 15 and 18
+	$(BIN)/pytest
+
+clean: db-stop ## remove the venv, caches and the local database
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis
