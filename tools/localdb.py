@@ -58,7 +58,9 @@ def ensure_server() -> localpg.LocalPostgres:
             raise SystemExit(f"{HOME / 'pg'} exists without {STATE}: remove it (make clean)")
         HOME.mkdir(exist_ok=True)
         HOME.chmod(0o755)  # the server's unprivileged OS user must reach its data
-        server = localpg.LocalPostgres(bindir=bindir, base=HOME / "pg", port=localpg.free_port())
+        server = localpg.LocalPostgres(
+            bindir=localpg.reachable_bindir(bindir), base=HOME / "pg", port=localpg.free_port()
+        )
         _save(server)
         server.init()
         print(f"localdb: PostgreSQL {server.version} initialised in {server.base}", file=sys.stderr)

@@ -8,6 +8,7 @@ non-superuser master and `rds_iam` rules it meets on Aurora.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -42,6 +43,36 @@ def embedded_bindir() -> Path | None:
         return None
     path = Path(spec.origin).parent / "pginstall" / "bin"
     return path if (path / "postgres").exists() else None
+
+
+def reachable_bindir(bindir: Path) -> Path:
+    """bindir, or a copy the unprivileged server user can execute.
+
+    A checkout below a private directory (a 0700 temporary folder, /root) hides a
+    wheel's binaries from `nobody`; the wheel's layout is copied whole, since its
+    binaries find their libraries relative to themselves.
+    """
+    user = os_user()
+    if user is None:
+        return bindir
+    probe = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, user=user, check=False
+    )
+    if probe.returncode == 0:
+        return bindir
+    site = bindir.parent.parent.parent  # .../site-packages/<pkg>/pginstall/bin
+    package = bindir.parent.parent.name
+    digest = hashlib.sha256(str(bindir).encode()).hexdigest()[:12]
+    dest = Path(tempfile.gettempdir()) / f"aurora-bootstrap-pgbin-{digest}"
+    if not (dest / package / "pginstall" / "bin" / "postgres").exists():
+        for name in (f"{package}/pginstall", f"{package}.libs"):
+            if (site / name).exists():
+                shutil.copytree(site / name, dest / name, dirs_exist_ok=True)
+        for path in [dest, *dest.rglob("*")]:
+            path.chmod(
+                path.stat().st_mode | 0o755 if path.is_dir() else path.stat().st_mode | 0o444
+            )
+    return dest / package / "pginstall" / "bin"
 
 
 def server_version(bindir: Path) -> str:
@@ -303,6 +334,7 @@ def make_tls(directory: Path) -> TLSFiles:
 
 
 def new_server(bindir: Path, tls: bool, base: Path | None = None) -> LocalPostgres:
+    bindir = reachable_bindir(bindir)
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="aurora-bootstrap-pg-"))
         base.chmod(0o755)  # the server's OS user must reach its data directory below
