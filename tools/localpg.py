@@ -55,11 +55,13 @@ def reachable_bindir(bindir: Path) -> Path:
     user = os_user()
     if user is None:
         return bindir
-    probe = subprocess.run(
-        [str(bindir / "postgres"), "--version"], capture_output=True, user=user, check=False
-    )
-    if probe.returncode == 0:
+    try:
+        subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, user=user, check=True
+        )
         return bindir
+    except (OSError, subprocess.CalledProcessError):
+        pass
     site = bindir.parent.parent.parent  # .../site-packages/<pkg>/pginstall/bin
     package = bindir.parent.parent.name
     digest = hashlib.sha256(str(bindir).encode()).hexdigest()[:12]
