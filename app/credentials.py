@@ -43,6 +43,7 @@ class MasterLogin:
 
 
 def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
+    """The master login, from the environment alone when it can be."""
     host, user, password = settings.db_host, settings.db_user, settings.db_password
     if host is not None and user is not None and password is not None:
         return MasterLogin(
@@ -53,7 +54,17 @@ def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
             password=password.get_secret_value(),
             source="env",
         )
-    raise ConfigError(
-        "DB_SECRET_ARN" if settings.db_secret_arn else "DB_CLUSTER_ID",
-        "AWS credential sources are not supported yet; set DB_HOST, DB_USER and DB_PASSWORD",
-    )
+    if not (settings.db_secret_arn or settings.db_cluster_id):
+        missing = [
+            name
+            for name, value in (("DB_HOST", host), ("DB_USER", user), ("DB_PASSWORD", password))
+            if value is None
+        ]
+        raise ConfigError(
+            missing[0],
+            f"not set ({', '.join(missing)} missing): set DB_HOST, DB_USER and DB_PASSWORD, "
+            "or DB_SECRET_ARN or DB_CLUSTER_ID to find them in AWS",
+        )
+    from app import aws  # noqa: PLC0415 (the AWS SDK loads only on this path)
+
+    return aws.resolve_login(settings, deadline)

@@ -17,7 +17,6 @@ class Result:
     changes: list[dict[str, object]] = field(default_factory=list)
     duration_ms: int = 0
     error: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -27,7 +26,6 @@ class Result:
             "changes": self.changes,
             "duration_ms": self.duration_ms,
         }
-        body |= self.extra
         if self.error is not None:
             body["error"] = self.error
         return body

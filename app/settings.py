@@ -116,15 +116,6 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.db_user is not None:
             users.check_master(self.iam_users, self.db_user)
-        if self.db_password is None and not (self.db_secret_arn or self.db_cluster_id):
-            raise ConfigError(
-                "DB_PASSWORD",
-                "no master credentials: set DB_PASSWORD, DB_SECRET_ARN or DB_CLUSTER_ID",
-            )
-        if self.db_password is not None and self.db_host is None and not self.db_cluster_id:
-            raise ConfigError("DB_HOST", "required with DB_PASSWORD unless DB_CLUSTER_ID is set")
-        if self.db_password is not None and self.db_user is None and not self.db_cluster_id:
-            raise ConfigError("DB_USER", "required with DB_PASSWORD unless DB_CLUSTER_ID is set")
         return self
 
     @property

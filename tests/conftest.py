@@ -137,7 +137,7 @@ class JobRun:
         return f"exit {self.code}\nstdout: {self.stdout}\nstderr: {self.stderr}"
 
 
-def job_env(server: localpg.LocalPostgres | None = None, **overrides: str) -> dict[str, str]:
+def job_env(server: localpg.LocalPostgres | None = None, /, **overrides: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LOG_FORMAT": "json",

@@ -96,3 +96,14 @@ def test_error_lines_map_back_to_the_file() -> None:
 def test_unterminated_text_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="unterminated"):
         script.parse(Path("init.sql"), text)
+
+
+def test_retried_aws_error_codes_keep_in_step_with_botocore() -> None:
+    from botocore.retries import standard  # noqa: PLC0415
+
+    from app import aws  # noqa: PLC0415
+
+    throttled = set(standard.ThrottledRetryableChecker._THROTTLED_ERROR_CODES)  # type: ignore[attr-defined]
+    transient = set(standard.TransientRetryableChecker._TRANSIENT_ERROR_CODES)  # type: ignore[attr-defined]
+    assert throttled == aws.THROTTLING_CODES
+    assert transient == aws.TRANSIENT_CODES

@@ -1,0 +1,357 @@
+"""AWS: the master login from Secrets Manager or the cluster, IAM tokens, the policy.
+
+Imported only when a setting needs AWS, so local runs never load the SDK. botocore's
+own retrying is turned off: every call goes through the job's one retry policy, so
+each retry is logged and all of them share DEADLINE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import botocore.exceptions as bx
+from botocore.config import Config
+
+from app import log, retry
+from app.credentials import DEFAULT_PORT, MasterLogin
+from app.errors import AwsError, ConfigError
+from app.retry import Deadline
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+T = TypeVar("T")
+
+# The throttling and transient error codes of botocore's standard retry mode (a test
+# keeps them in step with botocore), so the job retries what the SDK would.
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"}
+)
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_EXCEPTIONS = bx.ConnectionError | bx.HTTPClientError
+
+# Cluster states that pass by themselves: wait. Any other state but "available" is
+# one that waiting will not fix (stopped, deleting, failed, ...).
+CLUSTER_BUSY = frozenset(
+    {
+        "creating",
+        "modifying",
+        "starting",
+        "rebooting",
+        "backing-up",
+        "upgrading",
+        "renaming",
+        "maintenance",
+        "resetting-master-credentials",
+        "configuring-iam-database-auth",
+    }
+)
+SECRET_BUSY = frozenset({"creating", "rotating"})
+
+
+class NotReady(Exception):
+    """A resource that will be ready soon: retried like throttling."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, NotReady | TRANSIENT_EXCEPTIONS):
+        return True
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = error.get("Code", "")
+        return code in THROTTLING_CODES or code in TRANSIENT_CODES or status in TRANSIENT_STATUS
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, bx.ClientError):
+        error = exc.response.get("Error", {})
+        return log.redact(f"{error.get('Code', 'Error')}: {error.get('Message', '')}")
+    return log.redact(f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    identifier: str
+    arn: str
+    endpoint: str
+    port: int
+    master_username: str
+    resource_id: str
+    secret_arn: str | None
+
+    @property
+    def partition_region_account(self) -> tuple[str, str, str]:
+        # arn:PARTITION:rds:REGION:ACCOUNT:cluster:ID
+        parts = self.arn.split(":")
+        return parts[1], parts[3], parts[4]
+
+
+@dataclass(frozen=True)
+class SecretLogin:
+    username: str
+    password: str
+    host: str | None
+    port: int | None
+    dbname: str | None
+
+
+class Aws:
+    """Clients with SDK retries off, and calls under the job's retry policy."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+        # botocore reads AWS_DEFAULT_REGION and profiles; ECS and most tools set
+        # AWS_REGION, so it is honoured too when nothing else names a region.
+        self.session = boto3.session.Session()
+        region = self.session.region_name or os.environ.get("AWS_REGION")
+        if not region:
+            raise ConfigError(
+                "AWS_REGION", "not set (nor AWS_DEFAULT_REGION): the cluster's region is needed"
+            )
+        if self.session.region_name is None:
+            self.session = boto3.session.Session(region_name=region)
+        self.region: str = region
+
+    def _config(self) -> Config:
+        timeout = max(1, min(10, math.ceil(self.deadline.remaining())))
+        return Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            user_agent_extra="aurora-bootstrap",
+        )
+
+    @cached_property
+    def rds(self) -> RDSClient:
+        return self.session.client("rds", config=self._config())
+
+    @cached_property
+    def secretsmanager(self) -> SecretsManagerClient:
+        return self.session.client("secretsmanager", config=self._config())
+
+    def call(self, fn: Callable[[], T], *, what: str, missing: str) -> T:
+        """fn under the retry policy; final AWS failures become AwsError (exit 3).
+
+        `missing` names the resource, for "not found" and "access denied" messages.
+        """
+        try:
+            return retry.run(
+                fn, what=what, deadline=self.deadline, transient=is_transient, describe=describe
+            )
+        except bx.NoCredentialsError:
+            raise AwsError(
+                f"{what}: no AWS credentials found (task role, AWS_PROFILE or AWS_ACCESS_KEY_ID)"
+            ) from None
+        except bx.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if "NotFound" in code:
+                raise AwsError(f"{what}: {missing} not found in {self.region}") from None
+            if "AccessDenied" in code or code in ("UnauthorizedOperation", "AuthFailure"):
+                raise AwsError(f"{what}: access denied to {missing}: {describe(exc)}") from None
+            raise AwsError(f"{what}: {describe(exc)}") from None
+        except bx.BotoCoreError as exc:
+            raise AwsError(f"{what}: {describe(exc)}") from None
+
+    def cluster(self, identifier: str) -> Cluster:
+        """The cluster, once it is available and its managed secret is usable."""
+
+        def once() -> Cluster:
+            found = self.rds.describe_db_clusters(DBClusterIdentifier=identifier)["DBClusters"][0]
+            status = found.get("Status", "")
+            if status in CLUSTER_BUSY:
+                raise NotReady(f"cluster {identifier} is {status}")
+            if status != "available":
+                raise AwsError(f"cluster {identifier} is {status}; it cannot take connections")
+            secret = found.get("MasterUserSecret") or {}
+            if secret.get("SecretStatus") in SECRET_BUSY:
+                raise NotReady(f"master secret of {identifier} is {secret['SecretStatus']}")
+            if not found.get("IAMDatabaseAuthenticationEnabled"):
+                raise AwsError(
+                    f"IAM database authentication is disabled on cluster {identifier}; enable "
+                    f"it with: aws rds modify-db-cluster --db-cluster-identifier {identifier} "
+                    "--enable-iam-database-authentication --apply-immediately"
+                )
+            return Cluster(
+                identifier=identifier,
+                arn=found["DBClusterArn"],
+                endpoint=found["Endpoint"],
+                port=int(found.get("Port") or DEFAULT_PORT),
+                master_username=found["MasterUsername"],
+                resource_id=found["DbClusterResourceId"],
+                secret_arn=secret.get("SecretArn"),
+            )
+
+        return self.call(
+            once, what=f"describing cluster {identifier}", missing=f"cluster {identifier}"
+        )
+
+    def secret(self, secret_id: str) -> SecretLogin:
+        response = self.call(
+            lambda: self.secretsmanager.get_secret_value(SecretId=secret_id),
+            what=f"reading secret {secret_id}",
+            missing=f"secret {secret_id}",
+        )
+        text = response.get("SecretString")
+        log.register_secret(text)
+        return parse_secret(secret_id, text)
+
+
+def parse_secret(secret_id: str, text: str | None) -> SecretLogin:
+    """The login in a secret's JSON; its problems are named, its values never shown."""
+    if text is None:
+        raise AwsError(f"secret {secret_id} holds binary data, not a JSON string")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AwsError(
+            f"secret {secret_id} is not JSON ({exc.msg} at character {exc.pos}); "
+            'expected {"username": ..., "password": ...}'
+        ) from None
+    if not isinstance(data, dict):
+        raise AwsError(f"secret {secret_id} is JSON but not an object")
+    missing = [
+        k for k in ("username", "password") if not isinstance(data.get(k), str) or not data[k]
+    ]
+    if missing:
+        raise AwsError(f"secret {secret_id} lacks {' and '.join(missing)} (non-empty strings)")
+    log.register_secret(data["password"])
+    port = data.get("port")
+    try:
+        port_number = int(port) if port not in (None, "") else None
+    except (TypeError, ValueError):
+        raise AwsError(f"secret {secret_id} has a port that is not a number") from None
+    return SecretLogin(
+        username=data["username"],
+        password=data["password"],
+        host=data.get("host") or None,
+        port=port_number,
+        dbname=data.get("dbname") or None,
+    )
+
+
+def resolve_login(settings: Settings, deadline: Deadline) -> MasterLogin:
+    """The spec's order: DB_PASSWORD, else DB_SECRET_ARN, else the cluster's managed
+    secret. Explicit DB_* settings override what is discovered."""
+    aws = Aws(deadline)
+    cluster = aws.cluster(settings.db_cluster_id) if settings.db_cluster_id else None
+    secret_id = settings.db_secret_arn or (cluster.secret_arn if cluster else None)
+    secret: SecretLogin | None = None
+    if settings.db_password is None:
+        if secret_id is None:
+            raise AwsError(
+                f"cluster {settings.db_cluster_id} has no managed master secret "
+                "(ManageMasterUserPassword is off): set DB_SECRET_ARN or DB_PASSWORD"
+            )
+        secret = aws.secret(secret_id)
+
+    def pick(explicit: Any, from_secret: Any, from_cluster: Any, setting: str) -> Any:
+        for value in (explicit, from_secret, from_cluster):
+            if value is not None:
+                return value
+        raise ConfigError(setting, "not set, and neither the secret nor a cluster provides it")
+
+    host = pick(
+        settings.db_host,
+        secret.host if secret else None,
+        cluster.endpoint if cluster else None,
+        "DB_HOST",
+    )
+    user = pick(
+        settings.db_user,
+        secret.username if secret else None,
+        cluster.master_username if cluster else None,
+        "DB_USER",
+    )
+    port = (
+        settings.db_port
+        or (secret.port if secret else None)
+        or (cluster.port if cluster else DEFAULT_PORT)
+    )
+    dbname = settings.db_name
+    if "db_name" not in settings.model_fields_set and secret and secret.dbname:
+        dbname = secret.dbname
+
+    if secret is None:
+        # Only when DB_PASSWORD is set: AWS supplied the endpoint or user alone.
+        password = settings.db_password.get_secret_value() if settings.db_password else ""
+        return MasterLogin(host, port, dbname, user, password, source="env")
+    return MasterLogin(
+        host,
+        port,
+        dbname,
+        user,
+        secret.password,
+        source="secret" if settings.db_secret_arn else "cluster",
+        refetch=lambda: aws.secret(secret_id).password if secret_id else secret.password,
+    )
+
+
+def auth_token(settings: Settings, deadline: Deadline, user: str) -> str:
+    """An IAM auth token for `user`, as `aws rds generate-db-auth-token` makes it."""
+    aws = Aws(deadline)
+    host, port = settings.db_host, settings.db_port
+    if host is None:
+        if not settings.db_cluster_id:
+            raise ConfigError("DB_HOST", "not set: set DB_HOST or DB_CLUSTER_ID")
+        cluster = aws.cluster(settings.db_cluster_id)
+        host, port = host or cluster.endpoint, port or cluster.port
+    token: str = aws.call(
+        lambda: aws.rds.generate_db_auth_token(
+            DBHostname=host, Port=port or DEFAULT_PORT, DBUsername=user, Region=aws.region
+        ),
+        what=f"signing an IAM auth token for {user}",
+        missing="AWS credentials",
+    )
+    log.register_secret(token)
+    return token
+
+
+def connect_policy(settings: Settings, deadline: Deadline) -> dict[str, Any]:
+    """The IAM policy that allows rds-db:connect as each listed user."""
+    if not settings.db_cluster_id:
+        raise ConfigError("DB_CLUSTER_ID", "needed: the policy names the cluster's resource id")
+    if not settings.iam_users:
+        raise ConfigError("IAM_USERS", "empty: the policy needs at least one user")
+    cluster = Aws(deadline).cluster(settings.db_cluster_id)
+    partition, region, account = cluster.partition_region_account
+    prefix = f"arn:{partition}:rds-db:{region}:{account}:dbuser:{cluster.resource_id}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AuroraIamConnect",
+                "Effect": "Allow",
+                "Action": "rds-db:connect",
+                "Resource": [f"{prefix}/{user.name}" for user in settings.iam_users],
+            }
+        ],
+    }
