@@ -214,6 +214,18 @@ class Aws:
             once, what=f"describing cluster {identifier}", missing=f"cluster {identifier}"
         )
 
+    def auth_token(self, host: str, port: int, user: str) -> str:
+        """Signed locally with the caller's credentials: no AWS call is made."""
+        token: str = self.call(
+            lambda: self.rds.generate_db_auth_token(
+                DBHostname=host, Port=port, DBUsername=user, Region=self.region
+            ),
+            what=f"signing an IAM auth token for {user}",
+            missing="AWS credentials",
+        )
+        log.register_secret(token)
+        return token
+
     def secret(self, secret_id: str) -> SecretLogin:
         response = self.call(
             lambda: self.secretsmanager.get_secret_value(SecretId=secret_id),
@@ -323,16 +335,8 @@ def auth_token(settings: Settings, deadline: Deadline, user: str) -> str:
         if not settings.db_cluster_id:
             raise ConfigError("DB_HOST", "not set: set DB_HOST or DB_CLUSTER_ID")
         cluster = aws.cluster(settings.db_cluster_id)
-        host, port = host or cluster.endpoint, port or cluster.port
-    token: str = aws.call(
-        lambda: aws.rds.generate_db_auth_token(
-            DBHostname=host, Port=port or DEFAULT_PORT, DBUsername=user, Region=aws.region
-        ),
-        what=f"signing an IAM auth token for {user}",
-        missing="AWS credentials",
-    )
-    log.register_secret(token)
-    return token
+        host, port = cluster.endpoint, port or cluster.port
+    return aws.auth_token(host, port or DEFAULT_PORT, user)
 
 
 def connect_policy(settings: Settings, deadline: Deadline) -> dict[str, Any]:

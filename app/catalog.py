@@ -8,10 +8,21 @@ pg_namespace, pg_default_acl, pg_class (never pg_authid).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+
+# The comment init.sql puts on the roles it manages; on users it may be followed by
+# {"granted": [...]}, the roles the job granted them.
+MARKER = "managed by aurora-bootstrap"
+MARKER_RE = "^managed by aurora-bootstrap( |$)"
+
+
+def is_managed(comment: str | None) -> bool:
+    return comment is not None and re.match(MARKER_RE, comment) is not None
+
 
 # Roles: name, LOGIN, comment. PostgreSQL's own pg_* roles are left out.
 _ROLES = """
@@ -78,6 +89,10 @@ Change = dict[str, object]
 
 def diff(before: Snapshot, after: Snapshot) -> list[Change]:
     """The changes that turn `before` into `after`, in a stable order."""
+    return _roles(before, after) + _memberships(before, after) + _privileges(before, after)
+
+
+def _roles(before: Snapshot, after: Snapshot) -> list[Change]:
     changes: list[Change] = []
     for role in sorted(after.roles.keys() - before.roles.keys()):
         login, comment = after.roles[role]
@@ -91,14 +106,32 @@ def diff(before: Snapshot, after: Snapshot) -> list[Change]:
         if login != login_was:
             changes.append({"action": "alter_role", "role": role, "login": login})
         if comment != comment_was:
+            if is_managed(comment) and not is_managed(comment_was):
+                # A role made by hand, now managed by the job.
+                changes.append({"action": "adopt", "role": role})
             changes.append({"action": "comment", "role": role, "comment": comment or None})
-    for key in sorted(after.memberships.keys() - before.memberships.keys()):
-        changes.append(_membership("grant", key, after.memberships[key]))
-    for key in sorted(before.memberships.keys() - after.memberships.keys()):
-        changes.append(_membership("revoke", key, before.memberships[key]))
-    for key in sorted(after.memberships.keys() & before.memberships.keys()):
-        if after.memberships[key] != before.memberships[key]:
-            changes.append(_membership("grant", key, after.memberships[key]))
+    return changes
+
+
+def _memberships(before: Snapshot, after: Snapshot) -> list[Change]:
+    changes = [
+        _membership("grant", key, after.memberships[key])
+        for key in sorted(after.memberships.keys() - before.memberships.keys())
+    ]
+    changes += [
+        _membership("revoke", key, before.memberships[key])
+        for key in sorted(before.memberships.keys() - after.memberships.keys())
+    ]
+    changes += [
+        _membership("grant", key, after.memberships[key])
+        for key in sorted(after.memberships.keys() & before.memberships.keys())
+        if after.memberships[key] != before.memberships[key]
+    ]
+    return changes
+
+
+def _privileges(before: Snapshot, after: Snapshot) -> list[Change]:
+    changes: list[Change] = []
     for key in sorted(after.privileges.keys() | before.privileges.keys()):
         delta = after.privileges.get(key, 0) - before.privileges.get(key, 0)
         if delta:

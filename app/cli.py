@@ -9,13 +9,15 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app import log
-from app.errors import BootstrapError, ConfigError
+from app.errors import BootstrapError, ConfigError, DriftFound
 from app.report import Result, emit
 
 if TYPE_CHECKING:
+    import psycopg
+
     from app.retry import Deadline
     from app.settings import Settings
 
@@ -24,6 +26,7 @@ T = TypeVar("T")
 COMMANDS = {
     "apply": "run init.sql in one transaction under the advisory lock and commit",
     "plan": "the same transaction, rolled back: what apply would change",
+    "verify": "read-only: do the listed users exist as they should? exit 7 on drift",
     "token": "print an IAM auth token for USER on the configured endpoint",
     "policy": "print the IAM policy that allows rds-db:connect for the listed users",
 }
@@ -40,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == "token":
             command.add_argument("user", metavar="USER", help="database user to sign in as")
+        if name == "verify":
+            command.add_argument(
+                "--connect",
+                action="store_true",
+                help="also log in as each user with a fresh IAM token (needs AWS)",
+            )
     return parser
 
 
@@ -54,16 +63,18 @@ def _configure(started: float) -> tuple[Settings, Deadline]:
     return conf, retry.Deadline(conf.deadline_seconds, started=started)
 
 
-def _apply_or_plan(command: str, started: float) -> list[dict[str, object]]:
-    from app import apply, connect, credentials, retry, script  # noqa: PLC0415
+def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """apply, plan and verify: log in as the master user and work in one transaction.
+    Returns the fields of the result line."""
+    from app import apply, connect, credentials, retry, script, verify  # noqa: PLC0415
     from app.users import check_master  # noqa: PLC0415
 
+    command = args.command or "apply"
     conf, deadline = _configure(started)
-    program = script.load(conf.init_sql)
+    program = script.load(conf.init_sql) if command != "verify" else None
     connect.check(conf)
     login = credentials.resolve(conf, deadline)
     check_master(conf.iam_users, login.user)
-    inputs = apply.Inputs(conf.iam_users, login.user, conf.prune)
     log.event(
         "start",
         command=command,
@@ -74,20 +85,47 @@ def _apply_or_plan(command: str, started: float) -> list[dict[str, object]]:
         credentials=login.source,
         sslmode=conf.db_sslmode,
         iam_users=len(conf.iam_users),
-        init_sql=str(program.path),
     )
 
-    def attempt() -> list[dict[str, object]]:
-        with connect.connect(login, conf, deadline) as conn:
-            return apply.transaction(conn, program, inputs, deadline, commit=command == "apply")
+    def with_retries(what: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        def attempt() -> T:
+            with connect.connect(login, conf, deadline) as conn:
+                return work(conn)
 
-    return retry.run(
-        attempt,
-        what="connecting and applying init.sql",
-        deadline=deadline,
-        transient=connect.is_transient,
-        describe=connect.describe,
-    )
+        return retry.run(
+            attempt,
+            what=what,
+            deadline=deadline,
+            transient=connect.is_transient,
+            describe=connect.describe,
+        )
+
+    if program is None:
+        fields: dict[str, Any] = {
+            "findings": with_retries(
+                "connecting and reading the catalog",
+                lambda conn: verify.findings(conn, conf.iam_users),
+            )
+        }
+        if args.connect:
+            from app import aws  # noqa: PLC0415
+
+            signer = aws.Aws(deadline)
+            fields["connections"] = verify.connect_each(
+                conf.iam_users,
+                login,
+                conf,
+                lambda user: signer.auth_token(login.host, login.port, user),
+            )
+        return fields
+    inputs = apply.Inputs(conf.iam_users, login.user, conf.prune)
+    commit = command == "apply"
+    return {
+        "changes": with_retries(
+            "connecting and applying init.sql",
+            lambda conn: apply.transaction(conn, program, inputs, deadline, commit=commit),
+        )
+    }
 
 
 def _token(args: argparse.Namespace, started: float) -> str:
@@ -136,16 +174,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if text is not None:
             sys.stdout.write(text + "\n")
         return code
-    changes, code, error = _guarded(lambda: _apply_or_plan(command, started))
+    fields, code, error = _guarded(lambda: _database_command(args, started))
+    fields = fields or {}
+    drift = [
+        f
+        for f in fields.get("findings", []) + fields.get("connections", [])
+        if f.get("ok") is not True
+    ]
+    if code == 0 and drift:
+        code = DriftFound.exit_code
+        error = {"type": DriftFound.kind, "message": f"{len(drift)} findings: see findings"}
+        log.event("drift", logging.WARNING, findings=len(drift))
     if code == 0:
-        log.event("done", command=command, changes=len(changes or []))
+        log.event("done", command=command, changes=len(fields.get("changes", [])))
     emit(
         Result(
             command=command,
             exit_code=code,
-            changes=changes or [],
+            changes=fields.get("changes", []),
             duration_ms=round((time.monotonic() - started) * 1000),
             error=error,
+            findings=fields.get("findings"),
+            connections=fields.get("connections"),
         )
     )
     return code

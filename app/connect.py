@@ -60,7 +60,7 @@ def describe(exc: BaseException) -> str:
     return log.redact(f"{type(exc).__name__}: {text}")
 
 
-def _sslrootcert(settings: Settings) -> str | None:
+def sslrootcert(settings: Settings) -> str | None:
     """The CA bundle to verify against: required by verify-*, used if present otherwise."""
     rootcert = settings.db_sslrootcert
     if settings.db_sslmode in ("verify-ca", "verify-full"):
@@ -77,7 +77,7 @@ def _sslrootcert(settings: Settings) -> str | None:
 
 def check(settings: Settings) -> None:
     """Settings problems that can be found before any connection is tried."""
-    _sslrootcert(settings)
+    sslrootcert(settings)
 
 
 def connect(
@@ -100,7 +100,7 @@ def connect(
                 connect_timeout=timeout,
                 application_name=APPLICATION_NAME,
                 sslmode=settings.db_sslmode,
-                sslrootcert=_sslrootcert(settings),
+                sslrootcert=sslrootcert(settings),
             )
         except psycopg.OperationalError as exc:
             if is_auth_failure(exc):

@@ -14,7 +14,9 @@
 --     -f sql/init.sql
 --
 -- Every role this script creates or provisions carries the comment
--- 'managed by aurora-bootstrap'; verify and prune only ever touch roles with it.
+-- 'managed by aurora-bootstrap'; verify and prune only ever touch roles with it. On
+-- users it is followed by {"granted": [...]}: the listed roles this script granted
+-- itself, the only ones it revokes when they are no longer listed.
 -- Names from the inputs reach SQL only through format('%I').
 
 
@@ -84,6 +86,9 @@ DECLARE
     master CONSTANT text := current_setting('bootstrap.master_user');
     listed jsonb := current_setting('bootstrap.iam_users')::jsonb;
     prune CONSTANT boolean := current_setting('bootstrap.prune')::boolean;
+    pg16 CONSTANT boolean := current_setting('server_version_num')::int >= 160000;
+    granted_now text[] := '{}';  -- 'user:role' for each listed role granted in this run
+    want text;
     r record;
 BEGIN
     IF jsonb_typeof(listed) IS DISTINCT FROM 'array' THEN
@@ -127,7 +132,32 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Memberships: rds_iam and the listed roles, where not already a member.
+    -- Roles the job granted earlier (recorded in the marker) and no longer lists are
+    -- revoked; grants made by anyone else are never touched. From PostgreSQL 16 a
+    -- membership belongs to its grantor, so the job revokes its own grant by name.
+    FOR r IN
+        SELECT u.name, g.role, gr.rolname AS grantor
+        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+        JOIN pg_roles p ON p.rolname = u.name
+        CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(substring(
+            shobj_description(p.oid, 'pg_authid') FROM '^managed by aurora-bootstrap (\{.*\})$'
+        )::jsonb -> 'granted', '[]')) AS g(role)
+        JOIN pg_roles gp ON gp.rolname = g.role
+        JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = gp.oid
+        JOIN pg_roles gr ON gr.oid = a.grantor
+        WHERE g.role <> ALL (coalesce(u.roles, '{}'))
+          AND pg_has_role(current_user, a.grantor, 'USAGE')
+        ORDER BY 1, 2
+    LOOP
+        IF pg16 THEN
+            EXECUTE format('REVOKE %I FROM %I GRANTED BY %I', r.role, r.name, r.grantor);
+        ELSE
+            EXECUTE format('REVOKE %I FROM %I', r.role, r.name);
+        END IF;
+    END LOOP;
+
+    -- Memberships: rds_iam and the listed roles, where not already a member. The
+    -- listed roles granted here are recorded, so that they can be revoked later.
     FOR r IN
         SELECT u.name, g.role
         FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
@@ -139,17 +169,36 @@ BEGIN
         ORDER BY 1, 2
     LOOP
         EXECUTE format('GRANT %I TO %I', r.role, r.name);
+        IF r.role <> 'rds_iam' THEN
+            granted_now := granted_now || (r.name || ':' || r.role);
+        END IF;
     END LOOP;
 
-    -- The marker that lets verify and prune recognise the users this job manages.
+    -- The marker that lets verify and prune recognise the users this job manages:
+    -- 'managed by aurora-bootstrap', followed by {"granted": [...]} when the job has
+    -- granted listed roles itself (still listed ones from before, and today's).
     FOR r IN
-        SELECT u.name
-        FROM jsonb_to_recordset(listed) AS u(name text)
+        SELECT u.name, coalesce(shobj_description(p.oid, 'pg_authid'), '') AS comment,
+               (SELECT coalesce(jsonb_agg(x.role ORDER BY x.role), '[]')
+                FROM (SELECT e.role
+                      FROM jsonb_array_elements_text(coalesce(substring(
+                          shobj_description(p.oid, 'pg_authid')
+                          FROM '^managed by aurora-bootstrap (\{.*\})$'
+                      )::jsonb -> 'granted', '[]')) AS e(role)
+                      WHERE e.role = ANY (coalesce(u.roles, '{}'))
+                      UNION
+                      SELECT split_part(n, ':', 2)
+                      FROM unnest(granted_now) AS n
+                      WHERE split_part(n, ':', 1) = u.name) AS x) AS granted
+        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
         JOIN pg_roles p ON p.rolname = u.name
-        WHERE shobj_description(p.oid, 'pg_authid') IS DISTINCT FROM marker
         ORDER BY 1
     LOOP
-        EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, marker);
+        want := CASE WHEN r.granted = '[]' THEN marker
+                     ELSE marker || ' ' || jsonb_build_object('granted', r.granted)::text END;
+        IF r.comment IS DISTINCT FROM want THEN
+            EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, want);
+        END IF;
     END LOOP;
 
     -- Prune: managed users no longer listed keep their objects (never dropped) but lose
@@ -161,11 +210,11 @@ BEGIN
             FROM pg_roles p
             JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = 'rds_iam'::regrole
             JOIN pg_roles gr ON gr.oid = a.grantor
-            WHERE shobj_description(p.oid, 'pg_authid') = marker
+            WHERE shobj_description(p.oid, 'pg_authid') ~ '^managed by aurora-bootstrap( |$)'
               AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
             ORDER BY 1, 2
         LOOP
-            IF current_setting('server_version_num')::int >= 160000 THEN
+            IF pg16 THEN
                 EXECUTE format('REVOKE rds_iam FROM %I GRANTED BY %I', r.name, r.grantor);
             ELSE
                 EXECUTE format('REVOKE rds_iam FROM %I', r.name);
@@ -175,7 +224,7 @@ BEGIN
             SELECT p.rolname AS name
             FROM pg_roles p
             WHERE p.rolcanlogin
-              AND shobj_description(p.oid, 'pg_authid') = marker
+              AND shobj_description(p.oid, 'pg_authid') ~ '^managed by aurora-bootstrap( |$)'
               AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
               AND p.rolname NOT IN (master, session_user, current_user)
             ORDER BY 1

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import awsemu
 from tools import localpg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +71,9 @@ def _server(
         if bindir is None:
             _unavailable(version)
         assert bindir is not None
-        server = localpg.new_server(bindir, tls=version == "15", base=workdir / f"pg{version}")
+        server = localpg.new_server(
+            bindir, tls=version == "15", base=workdir / f"pg{version}", trust_rds_iam=True
+        )
         SECRETS.update({server.master_password, server.superuser_password})
         servers[version] = server
     server = servers[version]
@@ -108,6 +111,21 @@ def pg15(servers: dict[str, localpg.LocalPostgres], workdir: Path) -> localpg.Lo
     server = _server("15", servers, workdir)
     reset(server)
     return server
+
+
+@pytest.fixture(scope="session")
+def emulator(workdir: Path) -> Iterator[awsemu.Emulator]:
+    emulator = awsemu.Emulator(workdir)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def aws(emulator: awsemu.Emulator) -> Iterator[awsemu.Emulator]:
+    """A fresh AWS emulator; the job reaches it through the proxy at aws.url."""
+    emulator.reset()
+    yield emulator
+    emulator.state.reset()
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -33,7 +35,8 @@ def test_first_apply_creates_users_with_login_rds_iam_and_roles(
         assert found is not None, user
         _name, login, superuser, createrole, comment = found
         assert login and not superuser and not createrole
-        assert comment == MARKER
+        granted = json.dumps({"granted": sorted(groups)}) if groups else None
+        assert comment == (f"{MARKER} {granted}" if granted else MARKER)
         assert members_of(state, user) == {"rds_iam"} | groups
     assert role(state, "analytics")[1] is False  # type: ignore[index]
     assert "rds_iam" not in members_of(state, localpg.MASTER_USER)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,21 +14,6 @@ import pytest
 from tests import awsemu
 from tests.conftest import SECRETS, catalog, job_env, members_of, role, run_job
 from tools import localpg
-
-
-@pytest.fixture(scope="session")
-def emulator(workdir: Path) -> Iterator[awsemu.Emulator]:
-    emulator = awsemu.Emulator(workdir)
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture
-def aws(emulator: awsemu.Emulator) -> Iterator[awsemu.Emulator]:
-    """A fresh emulator; the job reaches it through the proxy."""
-    emulator.reset()
-    yield emulator
-    emulator.state.reset()
 
 
 def aws_env(pg: localpg.LocalPostgres, aws: awsemu.Emulator, **overrides: str) -> dict[str, str]:

@@ -117,6 +117,9 @@ class LocalPostgres:
     base: Path
     port: int = 0
     tls: TLSFiles | None = None
+    # Let members of rds_iam in without a password check, standing in for Aurora's
+    # IAM token check (which no local server can do), so `verify --connect` runs.
+    trust_rds_iam: bool = False
     superuser_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     master_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     _proc: subprocess.Popen[bytes] | None = None
@@ -187,6 +190,13 @@ class LocalPostgres:
             "max_connections = 120",
         ]
         hba = ["local all all scram-sha-256"]
+        host = "hostssl" if self.tls is not None else "host"
+        if self.trust_rds_iam:
+            # The master is a member of rds_iam too, through rds_superuser's ADMIN
+            # OPTION, and "+rds_iam" matches indirect members: keep passwords for the
+            # master and superuser by listing them first.
+            hba.append(f"{host} all {SUPERUSER},{MASTER_USER} 127.0.0.0/8 scram-sha-256")
+            hba.append(f"{host} all +rds_iam 127.0.0.0/8 trust")
         if self.tls is not None:
             for name in ("ca_pem", "cert_pem", "key_pem"):
                 src = getattr(self.tls, name)
@@ -199,9 +209,7 @@ class LocalPostgres:
                 f"ssl_cert_file = '{self.tls.cert_pem.name}'",
                 f"ssl_key_file = '{self.tls.key_pem.name}'",
             ]
-            hba.append("hostssl all all 127.0.0.0/8 scram-sha-256")
-        else:
-            hba.append("host all all 127.0.0.0/8 scram-sha-256")
+        hba.append(f"{host} all all 127.0.0.0/8 scram-sha-256")
         with (self.datadir / "postgresql.conf").open("a") as f:
             f.write("\n".join(conf) + "\n")
         (self.datadir / "pg_hba.conf").write_text("\n".join(hba) + "\n")
@@ -340,12 +348,14 @@ def make_tls(directory: Path) -> TLSFiles:
     return files
 
 
-def new_server(bindir: Path, tls: bool, base: Path | None = None) -> LocalPostgres:
+def new_server(
+    bindir: Path, tls: bool, base: Path | None = None, trust_rds_iam: bool = False
+) -> LocalPostgres:
     bindir = reachable_bindir(bindir)
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="aurora-bootstrap-pg-"))
         base.chmod(0o755)  # the server's OS user must reach its data directory below
-    server = LocalPostgres(bindir=bindir, base=base / "pg")
+    server = LocalPostgres(bindir=bindir, base=base / "pg", trust_rds_iam=trust_rds_iam)
     if tls:
         server.tls = make_tls(base / "tls")
     server.init()

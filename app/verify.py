@@ -1,0 +1,112 @@
+"""verify: a read-only look at whether the catalog matches IAM_USERS.
+
+Each listed user must exist, log in, be a member of rds_iam and of its listed roles,
+and carry the managed marker; a managed user no longer listed must no longer be
+able to log in with IAM. With --connect, each listed user also logs in with a fresh
+IAM token and runs SELECT 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from app import catalog, connect, log
+from app.credentials import MasterLogin
+from app.settings import Settings
+from app.users import IamUser
+
+_LISTED = """
+SELECT u.name, p.oid IS NOT NULL, coalesce(p.rolcanlogin, false),
+       coalesce(shobj_description(p.oid, 'pg_authid'), ''),
+       ARRAY(SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
+             WHERE a.member = p.oid)
+FROM jsonb_to_recordset(%s::jsonb) AS u(name text)
+LEFT JOIN pg_roles p ON p.rolname = u.name
+ORDER BY 1
+"""
+# Managed users no longer listed that can still log in, or still hold rds_iam.
+_UNLISTED = """
+SELECT p.rolname, p.rolcanlogin,
+       EXISTS (SELECT FROM pg_auth_members a
+               WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole)
+FROM pg_roles p
+WHERE shobj_description(p.oid, 'pg_authid') ~ %s
+  AND p.rolname <> ALL (%s)
+  AND (p.rolcanlogin OR EXISTS (SELECT FROM pg_auth_members a
+                                WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole))
+ORDER BY 1
+"""
+# New IAM connections are throttled around 200 per second per cluster: stay far below.
+CONNECTS_PER_SECOND = 20
+
+Finding = dict[str, object]
+
+
+def findings(conn: psycopg.Connection[Any], users: tuple[IamUser, ...]) -> list[Finding]:
+    """Drift between the catalog and `users`, read in one read-only transaction."""
+    listed = json.dumps([u.as_json() for u in users])
+    wanted = {u.name: u for u in users}
+    found: list[Finding] = []
+    conn.read_only = True
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_LISTED, (listed,))
+        for name, exists, login, comment, member_of in cur.fetchall():
+            if not exists:
+                found.append({"role": name, "problem": "missing"})
+                continue
+            if not login:
+                found.append({"role": name, "problem": "no_login"})
+            if "rds_iam" not in member_of:
+                found.append({"role": name, "problem": "not_in_rds_iam"})
+            for group in wanted[name].roles:
+                if group not in member_of:
+                    found.append({"role": name, "problem": "not_in_role", "group": group})
+            if not catalog.is_managed(comment):
+                found.append({"role": name, "problem": "no_marker"})
+        cur.execute(_UNLISTED, (catalog.MARKER_RE, list(wanted)))
+        for name, login, in_rds_iam in cur.fetchall():
+            found.append(
+                {"role": name, "problem": "unlisted", "login": login, "rds_iam": in_rds_iam}
+            )
+    return found
+
+
+def connect_each(
+    users: tuple[IamUser, ...],
+    login: MasterLogin,
+    settings: Settings,
+    token: Callable[[str], str],
+) -> list[dict[str, object]]:
+    """Log in as each user with a fresh IAM token and run SELECT 1, paced."""
+    results: list[dict[str, object]] = []
+    interval = 1.0 / CONNECTS_PER_SECOND
+    last = 0.0
+    for user in users:
+        pause = last + interval - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        last = time.monotonic()
+        password = token(user.name)
+        try:
+            with psycopg.connect(
+                host=login.host,
+                port=login.port,
+                dbname=login.dbname,
+                user=user.name,
+                password=password,
+                connect_timeout=settings.connect_timeout,
+                application_name=connect.APPLICATION_NAME,
+                sslmode=settings.db_sslmode,
+                sslrootcert=connect.sslrootcert(settings),
+            ) as conn:
+                conn.execute("SELECT 1")
+            results.append({"user": user.name, "ok": True})
+        except psycopg.Error as exc:
+            results.append({"user": user.name, "ok": False, "error": connect.describe(exc)})
+        log.event("verify_connect", user=user.name, ok=results[-1]["ok"])
+    return results
