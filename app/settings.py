@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     iam_users: Annotated[tuple[users.IamUser, ...], NoDecode] = Field((), alias="IAM_USERS")
     init_sql: Path = Field(default_factory=default_init_sql, alias="INIT_SQL")
     prune: bool = Field(False, alias="PRUNE")
-    deadline_seconds: float = Field(300.0, alias="DEADLINE_SECONDS", gt=0, le=86400)
+    deadline_seconds: float = Field(
+        300.0, alias="DEADLINE_SECONDS", gt=0, le=86400, allow_inf_nan=False
+    )
     connect_timeout: int = Field(10, alias="CONNECT_TIMEOUT", ge=1, le=3600)
     log_format: Literal["json", "text"] | None = Field(None, alias="LOG_FORMAT")
     log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")

@@ -108,7 +108,16 @@ def pg(
 
 @pytest.fixture
 def pg15(servers: dict[str, localpg.LocalPostgres], workdir: Path) -> localpg.LocalPostgres:
+    """The server with TLS."""
     server = _server("15", servers, workdir)
+    reset(server)
+    return server
+
+
+@pytest.fixture
+def pg18(servers: dict[str, localpg.LocalPostgres], workdir: Path) -> localpg.LocalPostgres:
+    """The server without TLS, where a proxy can read the protocol."""
+    server = _server("18", servers, workdir)
     reset(server)
     return server
 

@@ -166,6 +166,17 @@ SETTINGS_ERRORS: list[tuple[dict[str, str | None], str]] = [
     ({"IAM_USERS": '[{"name": "a", "role": []}]'}, "IAM_USERS"),
     ({"IAM_USERS": "a,,b"}, "IAM_USERS"),
     ({"IAM_USERS": "a:"}, "IAM_USERS"),
+    ({"DB_HOST": "   "}, "DB_HOST"),
+    ({"DB_PORT": " "}, "DB_PORT"),
+    ({"DB_PORT": "99999999999999999999"}, "DB_PORT"),
+    ({"DEADLINE_SECONDS": "nan"}, "DEADLINE_SECONDS"),
+    ({"CONNECT_TIMEOUT": "1e3"}, "CONNECT_TIMEOUT"),
+    ({"DB_SSLMODE": "VERIFY-FULL"}, "DB_SSLMODE"),
+    ({"DB_USER": "master\n"}, "DB_USER"),
+    ({"INIT_SQL": "/"}, "INIT_SQL"),
+    # Bytes that are not UTF-8 arrive as surrogate escapes, as Python reads them.
+    ({"IAM_USERS": "caf\udce9"}, "IAM_USERS"),
+    ({"DB_HOST": "db\udcff.example"}, "DB_HOST"),
 ]
 
 
