@@ -102,7 +102,7 @@ def rejected(raw: str) -> bool:
 hostile = st.one_of(
     # Environment values cannot hold NUL or unpaired surrogates.
     st.text(
-        st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+        st.characters(exclude_characters="\x00", exclude_categories=["Cs"]),
         min_size=1,
         max_size=40,
     ),
