@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -81,6 +82,7 @@ def transaction(
     """Run init.sql once under the lock; commit only if `commit`. Returns the changes."""
     with conn.transaction(force_rollback=not commit), conn.cursor() as cur:
         _lock(cur, deadline)
+        locked = time.monotonic()
         cur.execute(
             "SELECT set_config('bootstrap.iam_users', %s, true),"
             " set_config('bootstrap.master_user', %s, true),"
@@ -91,10 +93,12 @@ def transaction(
         _run_script(cur, script)
         after = catalog.snapshot(cur)
         changes = catalog.diff(before, after)
-        log.event(
-            "transaction_done",
-            logging.INFO,
-            changes=len(changes),
-            outcome="commit" if commit else "rollback",
-        )
+    # How long this run held the lock, and with it the role catalog, until commit.
+    log.event(
+        "transaction_done",
+        logging.INFO,
+        changes=len(changes),
+        outcome="commit" if commit else "rollback",
+        lock_held_ms=round((time.monotonic() - locked) * 1000, 1),
+    )
     return changes

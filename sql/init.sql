@@ -88,7 +88,6 @@ DECLARE
     prune CONSTANT boolean := current_setting('bootstrap.prune')::boolean;
     pg16 CONSTANT boolean := current_setting('server_version_num')::int >= 160000;
     granted_now text[] := '{}';  -- 'user:role' for each listed role granted in this run
-    want text;
     r record;
 BEGIN
     IF jsonb_typeof(listed) IS DISTINCT FROM 'array' THEN
@@ -156,21 +155,26 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Memberships: rds_iam and the listed roles, where not already a member. The
+    -- Memberships: rds_iam and the listed roles, where not already a member. One
+    -- GRANT per role, naming all its new members: from PostgreSQL 16 every GRANT
+    -- checks the master's ADMIN OPTION by walking all its memberships, which grow
+    -- with each role it creates, so a GRANT per user would cost O(users^2). The
     -- listed roles granted here are recorded, so that they can be revoked later.
     FOR r IN
-        SELECT u.name, g.role
+        SELECT g.role, array_agg(u.name ORDER BY u.name) AS names
         FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
         CROSS JOIN LATERAL unnest('{rds_iam}' || coalesce(u.roles, '{}')) AS g(role)
+        JOIN pg_roles pu ON pu.rolname = u.name
+        JOIN pg_roles pr ON pr.rolname = g.role
         WHERE NOT EXISTS (
-            SELECT FROM pg_auth_members a
-            WHERE a.member = (SELECT oid FROM pg_roles WHERE rolname = u.name)
-              AND a.roleid = (SELECT oid FROM pg_roles WHERE rolname = g.role))
-        ORDER BY 1, 2
+            SELECT FROM pg_auth_members a WHERE a.member = pu.oid AND a.roleid = pr.oid)
+        GROUP BY g.role
+        ORDER BY 1
     LOOP
-        EXECUTE format('GRANT %I TO %I', r.role, r.name);
+        EXECUTE format('GRANT %I TO %s', r.role,
+                       (SELECT string_agg(format('%I', n), ', ') FROM unnest(r.names) AS n));
         IF r.role <> 'rds_iam' THEN
-            granted_now := granted_now || (r.name || ':' || r.role);
+            granted_now := granted_now || ARRAY(SELECT n || ':' || r.role FROM unnest(r.names) AS n);
         END IF;
     END LOOP;
 
@@ -178,27 +182,35 @@ BEGIN
     -- 'managed by aurora-bootstrap', followed by {"granted": [...]} when the job has
     -- granted listed roles itself (still listed ones from before, and today's).
     FOR r IN
-        SELECT u.name, coalesce(shobj_description(p.oid, 'pg_authid'), '') AS comment,
-               (SELECT coalesce(jsonb_agg(x.role ORDER BY x.role), '[]')
-                FROM (SELECT e.role
-                      FROM jsonb_array_elements_text(coalesce(substring(
-                          shobj_description(p.oid, 'pg_authid')
-                          FROM '^managed by aurora-bootstrap (\{.*\})$'
-                      )::jsonb -> 'granted', '[]')) AS e(role)
-                      WHERE e.role = ANY (coalesce(u.roles, '{}'))
-                      UNION
-                      SELECT split_part(n, ':', 2)
-                      FROM unnest(granted_now) AS n
-                      WHERE split_part(n, ':', 1) = u.name) AS x) AS granted
-        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
-        JOIN pg_roles p ON p.rolname = u.name
+        WITH present AS (
+            SELECT u.name, coalesce(u.roles, '{}') AS roles,
+                   coalesce(shobj_description(p.oid, 'pg_authid'), '') AS comment
+            FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+            JOIN pg_roles p ON p.rolname = u.name
+        ), granted AS (
+            SELECT c.name, e.role
+            FROM present c
+            CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(substring(
+                c.comment FROM '^managed by aurora-bootstrap (\{.*\})$')::jsonb -> 'granted', '[]')
+            ) AS e(role)
+            WHERE e.role = ANY (c.roles)
+            UNION
+            SELECT split_part(n, ':', 1), split_part(n, ':', 2) FROM unnest(granted_now) AS n
+        ), wanted AS (
+            SELECT c.name, c.comment,
+                   CASE WHEN count(g.role) = 0 THEN marker
+                        ELSE marker || ' ' || jsonb_build_object(
+                            'granted', jsonb_agg(DISTINCT g.role ORDER BY g.role))::text
+                   END AS comment_wanted
+            FROM present c
+            LEFT JOIN granted g ON g.name = c.name
+            GROUP BY c.name, c.comment
+        )
+        SELECT name, comment_wanted FROM wanted
+        WHERE comment IS DISTINCT FROM comment_wanted
         ORDER BY 1
     LOOP
-        want := CASE WHEN r.granted = '[]' THEN marker
-                     ELSE marker || ' ' || jsonb_build_object('granted', r.granted)::text END;
-        IF r.comment IS DISTINCT FROM want THEN
-            EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, want);
-        END IF;
+        EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, r.comment_wanted);
     END LOOP;
 
     -- Prune: managed users no longer listed keep their objects (never dropped) but lose
@@ -206,18 +218,20 @@ BEGIN
     -- each rds_iam grant is revoked as the grantor recorded it.
     IF prune THEN
         FOR r IN
-            SELECT p.rolname AS name, gr.rolname AS grantor
+            SELECT gr.rolname AS grantor,
+                   string_agg(format('%I', p.rolname), ', ' ORDER BY p.rolname) AS names
             FROM pg_roles p
             JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = 'rds_iam'::regrole
             JOIN pg_roles gr ON gr.oid = a.grantor
             WHERE shobj_description(p.oid, 'pg_authid') ~ '^managed by aurora-bootstrap( |$)'
               AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
-            ORDER BY 1, 2
+            GROUP BY gr.rolname
+            ORDER BY 1
         LOOP
             IF pg16 THEN
-                EXECUTE format('REVOKE rds_iam FROM %I GRANTED BY %I', r.name, r.grantor);
+                EXECUTE format('REVOKE rds_iam FROM %s GRANTED BY %I', r.names, r.grantor);
             ELSE
-                EXECUTE format('REVOKE rds_iam FROM %I', r.name);
+                EXECUTE format('REVOKE rds_iam FROM %s', r.names);
             END IF;
         END LOOP;
         FOR r IN

