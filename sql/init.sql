@@ -116,16 +116,24 @@ BEGIN
         EXECUTE format('COMMENT ON ROLE %I IS %L', r.role, marker);
     END LOOP;
 
-    -- Users: create, or make sure they can log in.
+    -- Users: create, or make sure they can log in. A new user gets its marker at
+    -- once, naming the listed roles granted to it below: from PostgreSQL 16 each
+    -- COMMENT checks the master's ADMIN OPTION by walking all the master's
+    -- memberships, which is cheapest while the new users have none of their own.
     FOR r IN
-        SELECT u.name, p.oid IS NULL AS missing
-        FROM jsonb_to_recordset(listed) AS u(name text)
+        SELECT u.name, p.oid IS NULL AS missing,
+               CASE WHEN cardinality(coalesce(u.roles, '{}')) = 0 THEN marker
+                    ELSE marker || ' ' || jsonb_build_object('granted', (
+                        SELECT jsonb_agg(DISTINCT g ORDER BY g) FROM unnest(u.roles) AS g))::text
+               END AS comment
+        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
         LEFT JOIN pg_roles p ON p.rolname = u.name
         WHERE p.oid IS NULL OR NOT p.rolcanlogin
         ORDER BY 1
     LOOP
         IF r.missing THEN
             EXECUTE format('CREATE ROLE %I WITH LOGIN', r.name);
+            EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, r.comment);
         ELSE
             EXECUTE format('ALTER ROLE %I WITH LOGIN', r.name);
         END IF;

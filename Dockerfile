@@ -1,0 +1,30 @@
+# aurora-bootstrap: the one-shot job as an image.
+#
+# Built from a wheelhouse made beforehand (`make wheels`): every dependency from the
+# hashed lock file plus the app's own wheel, so the build needs no network. The RDS
+# CA bundle is part of the build context (`make image` fetches it; CI passes a
+# stand-in), installed where DB_SSLROOTCERT points by default.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY requirements.lock /tmp/requirements.lock
+COPY wheels/ /tmp/wheels/
+RUN python3 -m venv /opt/aurora-bootstrap \
+ && /opt/aurora-bootstrap/bin/pip install --no-index --find-links /tmp/wheels \
+        --require-hashes -r /tmp/requirements.lock \
+ && /opt/aurora-bootstrap/bin/pip install --no-index --no-deps /tmp/wheels/aurora_bootstrap-*.whl \
+ && /opt/aurora-bootstrap/bin/pip uninstall --yes pip \
+ && /opt/aurora-bootstrap/bin/python -m compileall -q -j 0 /opt/aurora-bootstrap/lib
+
+FROM ${BASE_IMAGE}
+ARG RDS_CA_BUNDLE=certs/rds-global-bundle.pem
+COPY --from=build /opt/aurora-bootstrap /opt/aurora-bootstrap
+COPY ${RDS_CA_BUNDLE} /etc/aurora-bootstrap/rds-global-bundle.pem
+ENV PATH="/opt/aurora-bootstrap/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# No shell user needed: a fixed unprivileged uid, as ECS and Kubernetes prefer.
+USER 65532:65532
+ENTRYPOINT ["aurora-bootstrap"]
+CMD ["apply"]
