@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CMD    ?= apply
+BASE_IMAGE ?= python:3.11-slim-bookworm
+IMAGE  ?= aurora-bootstrap:local
+COMPOSE ?= docker compose
+ARCH   := $(shell uname -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run db-stop test lint format clean
+.PHONY: help install system-deps run db-stop test lint format clean wheels image compose-up compose-run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +46,31 @@ format: install ## apply ruff's formatting and fixes
 test: install system-deps lint ## lint, then every test on PostgreSQL 15 and 18
 	$(BIN)/pytest
 
+wheels: install ## the image's wheelhouse: locked dependencies and the app's wheel
+	rm -rf wheels && mkdir wheels
+	$(BIN)/pip download -q --disable-pip-version-check --require-hashes -r requirements.lock \
+		--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
+		--platform manylinux_2_28_$(ARCH) --platform manylinux_2_17_$(ARCH) \
+		--platform manylinux2014_$(ARCH) -d wheels
+	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w wheels .
+
+certs/rds-global-bundle.pem:
+	mkdir -p certs
+	curl -fsSL -o $@ https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+
+image: wheels certs/rds-global-bundle.pem ## build the image (BASE_IMAGE=..., IMAGE=...)
+	docker build --network=none --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes'
+
+compose-up: image ## start the local stack's database (PostgreSQL 17 with Aurora's roles)
+	$(COMPOSE) up -d --wait db
+
+compose-run: image ## run the job in the local stack: make compose-run CMD=plan
+	$(COMPOSE) run --rm bootstrap $(CMD)
+
+bench: install ## measure the job against psql and the import floor: bench/RESULTS.md
+	$(BIN)/python -m bench.bench
+
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove
-	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis wheels certs

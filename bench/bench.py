@@ -113,9 +113,26 @@ class Bench:
             "PGSSLMODE": "disable",
         }
         args = [
-            str(self.psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-            "-h", "127.0.0.1", "-p", str(self.server.port), "-U", localpg.MASTER_USER,
-            "-d", "postgres", "-o", "/dev/null", "-f", str(inputs), "-f", str(INIT_SQL),
+            str(self.psql),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.server.port),
+            "-U",
+            localpg.MASTER_USER,
+            "-d",
+            "postgres",
+            "-o",
+            "/dev/null",
+            "-f",
+            str(inputs),
+            "-f",
+            str(INIT_SQL),
         ]
         return timed(args, env)
 
@@ -223,15 +240,21 @@ def import_floor(reps: int) -> dict[str, float]:
     cli: list[float] = []
     for _ in range(reps):
         run = timed(
-            [sys.executable, "-X", "importtime", "-c",
-             "import app.cli, app.settings, app.credentials, app.connect, app.apply"],
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-c",
+                "import app.cli, app.settings, app.credentials, app.connect, app.apply",
+            ],
             env,
         )
         # Top-level modules only: the cumulative column of lines without indentation.
         total = sum(
             int(line.split("|")[1])
             for line in run.stderr.splitlines()
-            if line.startswith("import time:") and not line.split("|")[2].startswith("  ")
+            if line.startswith("import time:")
+            and not line.split("|")[2].startswith("  ")
             and line.split("|")[1].strip().isdigit()
         )
         cli.append(total / 1e6)
@@ -240,6 +263,48 @@ def import_floor(reps: int) -> dict[str, float]:
         "deps_import": min(deps),
         "cli_import": min(cli),
     }
+
+
+@dataclass
+class Measured:
+    n: int
+    reps: int
+    series: dict[str, list[float]]
+    rss_kb: int
+    counts: dict[str, Counts]
+
+
+def measure(bench: Bench, proxy: CountingProxy, n: int, reps: int) -> Measured:
+    """Job and floor for N users, alternating which goes first; then the counts."""
+    series: dict[str, list[float]] = {
+        k: [] for k in ("job_new", "job_noop", "floor_new", "floor_noop", "lock_new", "lock_noop")
+    }
+    rss: list[int] = []
+    for rep in range(reps):
+        job_users = users_json(f"j{rep}_", n)
+        floor_users = users_json(f"f{rep}_", n)
+        order = ("job", "floor") if rep % 2 == 0 else ("floor", "job")
+        for who in order:
+            if who == "job":
+                new, noop = bench.job(job_users), bench.job(job_users)
+                series["job_new"].append(new.wall)
+                series["job_noop"].append(noop.wall)
+                series["lock_new"].append(lock_held_ms(new))
+                series["lock_noop"].append(lock_held_ms(noop))
+                rss += [new.rss_kb, noop.rss_kb]
+            else:
+                series["floor_new"].append(bench.floor(floor_users).wall)
+                series["floor_noop"].append(bench.floor(floor_users).wall)
+        bench.drop(f"j{rep}\\_")
+        bench.drop(f"f{rep}\\_")
+    counts = {}
+    users = users_json("count_", n)
+    for case in ("new", "noop"):
+        proxy.counts = Counts()
+        bench.job(users, port=proxy.port)
+        counts[case] = proxy.counts
+    bench.drop("count\\_")
+    return Measured(n, reps, series, max(rss), counts)
 
 
 def main() -> int:
@@ -257,7 +322,7 @@ def main() -> int:
     workdir.chmod(0o755)
     server = localpg.new_server(bindir, tls=False, base=workdir)
     bench = Bench(server, workdir)
-    rows: list[dict[str, object]] = []
+    rows: list[Measured] = []
     try:
         print(f"PostgreSQL {server.version} on 127.0.0.1:{server.port}", file=sys.stderr)
         warm = max(sizes)
@@ -265,40 +330,7 @@ def main() -> int:
         bench.drop("warm\\_")
         proxy = CountingProxy(server.port)
         for n in sizes:
-            reps = args.reps if n >= 10000 else max(args.reps, 5)
-            series: dict[str, list[float]] = {k: [] for k in (
-                "job_new", "job_noop", "floor_new", "floor_noop", "lock_new", "lock_noop")}
-            rss: list[int] = []
-            for rep in range(reps):
-                job_users = users_json(f"j{rep}_", n)
-                floor_users = users_json(f"f{rep}_", n)
-                order = ("job", "floor") if rep % 2 == 0 else ("floor", "job")
-                for who in order:
-                    if who == "job":
-                        new, noop = bench.job(job_users), bench.job(job_users)
-                        series["job_new"].append(new.wall)
-                        series["job_noop"].append(noop.wall)
-                        series["lock_new"].append(lock_held_ms(new))
-                        series["lock_noop"].append(lock_held_ms(noop))
-                        rss += [new.rss_kb, noop.rss_kb]
-                    else:
-                        series["floor_new"].append(bench.floor(floor_users).wall)
-                        series["floor_noop"].append(bench.floor(floor_users).wall)
-                bench.drop(f"j{rep}\\_")
-                bench.drop(f"f{rep}\\_")
-            counts = {}
-            for case in ("new", "noop"):
-                proxy.counts = Counts()
-                users = users_json("count_", n)
-                bench.job(users, port=proxy.port)
-                if case == "new":
-                    proxy.counts = Counts()
-                    bench.drop("count\\_")
-                    bench.job(users, port=proxy.port)
-                counts[case] = proxy.counts
-            bench.drop("count\\_")
-            rows.append({"n": n, "reps": reps, "series": series, "rss_kb": max(rss),
-                         "counts": counts})
+            rows.append(measure(bench, proxy, n, args.reps if n >= 10000 else max(args.reps, 5)))
             print(f"N={n}: done", file=sys.stderr)
         imports = import_floor(max(args.reps, 5))
         local = [bench.job(users_json("rss_", 10)) for _ in range(3)]
@@ -310,9 +342,16 @@ def main() -> int:
     return 0
 
 
-def render(server: localpg.LocalPostgres, rows: list[dict[str, object]],
-           imports: dict[str, float], local: list[Run]) -> str:
-    ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def render(
+    server: localpg.LocalPostgres,
+    rows: list[Measured],
+    imports: dict[str, float],
+    local: list[Run],
+) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -323,46 +362,42 @@ def render(server: localpg.LocalPostgres, rows: list[dict[str, object]],
         "best / median of the runs. The floor is psql running the same sql/init.sql with "
         "the same inputs in one transaction.",
         "",
-        "| N | runs | job new | floor new | ratio (best) | job no-op | floor no-op | ratio (best) "
-        "| lock held new / no-op (median) | round trips new / no-op | statements new / no-op |",
+        "| N | runs | job new | floor new | ratio (best) | job no-op | floor no-op "
+        "| ratio (best) | lock held new / no-op (median) | round trips new / no-op "
+        "| statements new / no-op |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        s = row["series"]  # type: ignore[assignment]
-        c = row["counts"]  # type: ignore[assignment]
-        jn, fn_ = stats(s["job_new"]), stats(s["floor_new"])  # type: ignore[index]
-        jo, fo = stats(s["job_noop"]), stats(s["floor_noop"])  # type: ignore[index]
+        s, new, noop = row.series, row.counts["new"], row.counts["noop"]
+        jn, fn_ = stats(s["job_new"]), stats(s["floor_new"])
+        jo, fo = stats(s["job_noop"]), stats(s["floor_noop"])
         lines.append(
-            f"| {row['n']:,} | {row['reps']} | {ms(jn[0])} / {ms(jn[1])} | "
-            f"{ms(fn_[0])} / {ms(fn_[1])} | {jn[0] / fn_[0]:.2f}x | "
-            f"{ms(jo[0])} / {ms(jo[1])} | {ms(fo[0])} / {ms(fo[1])} | {jo[0] / fo[0]:.2f}x | "
-            f"{statistics.median(s['lock_new']):.0f} / "  # type: ignore[index]
-            f"{statistics.median(s['lock_noop']):.0f} ms | "  # type: ignore[index]
-            f"{c['new'].round_trips} / {c['noop'].round_trips} | "  # type: ignore[index]
-            f"{c['new'].statements} / {c['noop'].statements} |"  # type: ignore[index]
+            f"| {row.n:,} | {row.reps} | {_ms(jn[0])} / {_ms(jn[1])} | "
+            f"{_ms(fn_[0])} / {_ms(fn_[1])} | {jn[0] / fn_[0]:.2f}x | "
+            f"{_ms(jo[0])} / {_ms(jo[1])} | {_ms(fo[0])} / {_ms(fo[1])} | "
+            f"{jo[0] / fo[0]:.2f}x | {statistics.median(s['lock_new']):.0f} / "
+            f"{statistics.median(s['lock_noop']):.0f} ms | "
+            f"{new.round_trips} / {noop.round_trips} | {new.statements} / {noop.statements} |"
         )
-    small = next((r for r in rows if r["n"] == 10), None)
     lines += [
         "",
         "| start-up | time |",
         "|---|---|",
-        f"| `python -c pass` | {ms(imports['python_startup'])} |",
-        f"| import floor: `python -c \"import psycopg, pydantic_settings, tenacity\"` "
-        f"| {ms(imports['deps_import'])} |",
-        f"| the CLI's own imports on a local run (`-X importtime`, top-level cumulative) "
-        f"| {ms(imports['cli_import'])} |",
-        f"| local run, N = 10 no-op apply (best of 3 here) | "
-        f"{ms(min(r.wall for r in local))} |",
-        f"| peak RSS of a local run (max over all job runs above) | "
-        f"{max(int(r['rss_kb']) for r in rows) / 1024:.1f} MB |",  # type: ignore[call-overload]
+        f"| `python -c pass` | {_ms(imports['python_startup'])} |",
+        '| import floor: `python -c "import psycopg, pydantic_settings, tenacity"` '
+        f"| {_ms(imports['deps_import'])} |",
+        "| the CLI's own imports on a local run (`-X importtime`, top-level cumulative) "
+        f"| {_ms(imports['cli_import'])} |",
+        f"| local run, N = 10 no-op apply (best of 3) | {_ms(min(r.wall for r in local))} |",
+        "| peak RSS of a job run (max over all runs above) | "
+        f"{max(row.rss_kb for row in rows) / 1024:.1f} MB |",
     ]
+    small = next((row for row in rows if row.n == 10), None)
     if small is not None:
-        s = small["series"]  # type: ignore[assignment]
-        over = (min(s["job_noop"]) - min(s["floor_noop"])  # type: ignore[index]
-                - imports["deps_import"])
-        lines.append(
-            f"| N = 10 no-op: job - psql - import floor (best) | {ms(over)} |"
+        over = (
+            min(small.series["job_noop"]) - min(small.series["floor_noop"]) - imports["deps_import"]
         )
+        lines.append(f"| N = 10 no-op: job - psql - import floor (best) | {_ms(over)} |")
     return "\n".join(lines) + "\n"
 
 

