@@ -141,7 +141,7 @@ class Aws:
             self.session = boto3.session.Session(region_name=region)
         self.region: str = region
 
-    def _config(self) -> Config:
+    def config(self) -> Config:
         timeout = max(1, min(10, math.ceil(self.deadline.remaining())))
         return Config(
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -152,11 +152,11 @@ class Aws:
 
     @cached_property
     def rds(self) -> RDSClient:
-        return self.session.client("rds", config=self._config())
+        return self.session.client("rds", config=self.config())
 
     @cached_property
     def secretsmanager(self) -> SecretsManagerClient:
-        return self.session.client("secretsmanager", config=self._config())
+        return self.session.client("secretsmanager", config=self.config())
 
     def call(self, fn: Callable[[], T], *, what: str, missing: str) -> T:
         """fn under the retry policy; final AWS failures become AwsError (exit 3).

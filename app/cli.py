@@ -9,7 +9,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from app import log
 from app.errors import BootstrapError, ConfigError, DriftFound
@@ -29,6 +30,7 @@ COMMANDS = {
     "verify": "read-only: do the listed users exist as they should? exit 7 on drift",
     "token": "print an IAM auth token for USER on the configured endpoint",
     "policy": "print the IAM policy that allows rds-db:connect for the listed users",
+    "ecs-run": "run this job as an ECS task, stream its logs, exit with its container's code",
 }
 
 
@@ -43,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == "token":
             command.add_argument("user", metavar="USER", help="database user to sign in as")
+        if name == "ecs-run":
+            _ecs_flags(command)
         if name == "verify":
             command.add_argument(
                 "--connect",
@@ -50,6 +54,33 @@ def _parser() -> argparse.ArgumentParser:
                 help="also log in as each user with a fresh IAM token (needs AWS)",
             )
     return parser
+
+
+def _ecs_flags(parser: argparse.ArgumentParser) -> None:
+    """Each flag overrides the ECS_* variable of the same name."""
+    flag = parser.add_argument
+    flag("--cluster", help="ECS cluster (ECS_CLUSTER)")
+    flag("--task-definition", help="family, family:revision or ARN (ECS_TASK_DEFINITION)")
+    flag("--subnets", help="comma-separated subnet ids, for awsvpc (ECS_SUBNETS)")
+    flag("--security-groups", help="comma-separated security group ids (ECS_SECURITY_GROUPS)")
+    flag(
+        "--assign-public-ip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="public IP for the task (ECS_ASSIGN_PUBLIC_IP)",
+    )
+    flag("--launch-type", help="FARGATE (default), EC2 or EXTERNAL (ECS_LAUNCH_TYPE)")
+    flag("--capacity-provider", help="instead of a launch type (ECS_CAPACITY_PROVIDER)")
+    flag("--container", help="container to follow; default the essential one (ECS_CONTAINER)")
+    flag("--deadline", type=float, help="seconds to wait in all (ECS_DEADLINE_SECONDS, 1800)")
+    flag("--poll-seconds", type=float, help="seconds between looks at the task (5)")
+    flag(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment override for the container; repeatable",
+    )
 
 
 def _configure(started: float) -> tuple[Settings, Deadline]:
@@ -145,22 +176,82 @@ def _policy(args: argparse.Namespace, started: float) -> str:
     return json.dumps(aws.connect_policy(conf, deadline), indent=2)
 
 
+def _ecs_run(args: argparse.Namespace, started: float) -> dict[str, Any]:
+    from app import ecs, retry  # noqa: PLC0415
+
+    environment = ecs.parse_env_overrides(args.env)
+    conf = ecs.load_settings(
+        {
+            "ECS_CLUSTER": args.cluster,
+            "ECS_TASK_DEFINITION": args.task_definition,
+            "ECS_SUBNETS": args.subnets,
+            "ECS_SECURITY_GROUPS": args.security_groups,
+            "ECS_ASSIGN_PUBLIC_IP": args.assign_public_ip,
+            "ECS_LAUNCH_TYPE": args.launch_type,
+            "ECS_CAPACITY_PROVIDER": args.capacity_provider,
+            "ECS_CONTAINER": args.container,
+            "ECS_DEADLINE_SECONDS": args.deadline,
+            "ECS_POLL_SECONDS": args.poll_seconds,
+        }
+    )
+    for pair in environment:
+        if "PASSWORD" in pair["name"] or "SECRET" in pair["name"]:
+            log.register_secret(pair["value"])
+    return ecs.run(conf, environment, retry.Deadline(conf.deadline_seconds, started=started))
+
+
+REPORTED: dict[str, Callable[[argparse.Namespace, float], dict[str, Any]]] = {
+    "apply": _database_command,
+    "plan": _database_command,
+    "verify": _database_command,
+    "ecs-run": _ecs_run,
+}
+
 PRINTERS: dict[str, Callable[[argparse.Namespace, float], str]] = {
     "token": _token,
     "policy": _policy,
 }
 
 
-def _guarded(fn: Callable[[], T]) -> tuple[T | None, int, dict[str, str] | None]:
-    """Run a command: its value, its exit code, and what went wrong if it failed."""
+@dataclass
+class Outcome(Generic[T]):
+    value: T | None = None
+    exit_code: int = 0
+    error: dict[str, str] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _guarded(fn: Callable[[], T]) -> Outcome[T]:
+    """Run a command: its value, or its exit code and what went wrong."""
     try:
-        return fn(), 0, None
+        return Outcome(fn())
     except BootstrapError as exc:
         log.event("failed", logging.ERROR, error=exc.kind, detail=str(exc))
-        return None, exc.exit_code, {"type": exc.kind, "message": log.redact(str(exc))}
+        error = {"type": exc.kind, "message": log.redact(str(exc))}
+        return Outcome(None, exc.exit_code, error, exc.details)
     except Exception as exc:  # noqa: BLE001 (any other failure is a bug: exit 1)
         log.LOGGER.exception("internal_error")
-        return None, 1, {"type": "internal_error", "message": log.redact(repr(exc))}
+        return Outcome(None, 1, {"type": "internal_error", "message": log.redact(repr(exc))})
+
+
+def _verdict(command: str, fields: dict[str, Any]) -> Outcome[None]:
+    """Exit codes that come from what a command found, not from an error."""
+    if command == "verify":
+        drift = len(fields.get("findings", [])) + sum(
+            not c["ok"] for c in fields.get("connections", [])
+        )
+        if drift:
+            log.event("drift", logging.WARNING, findings=drift)
+            return Outcome(
+                None,
+                DriftFound.exit_code,
+                {"type": DriftFound.kind, "message": f"{drift} findings of drift"},
+            )
+    if command == "ecs-run" and fields.get("container_exit_code"):
+        code = int(fields["container_exit_code"])
+        message = f"container {fields['container']} exited with {code}"
+        return Outcome(None, code, {"type": "task_failed", "message": message})
+    return Outcome(None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,35 +261,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setup("text" if sys.stderr.isatty() else "json", "INFO")
     if command in PRINTERS:
         # token and policy: their output alone on stdout; failures only on stderr.
-        text, code, _error = _guarded(lambda: PRINTERS[command](args, started))
-        if text is not None:
-            sys.stdout.write(text + "\n")
-        return code
-    fields, code, error = _guarded(lambda: _database_command(args, started))
-    fields = fields or {}
-    drift = [
-        f
-        for f in fields.get("findings", []) + fields.get("connections", [])
-        if f.get("ok") is not True
-    ]
-    if code == 0 and drift:
-        code = DriftFound.exit_code
-        error = {"type": DriftFound.kind, "message": f"{len(drift)} findings: see findings"}
-        log.event("drift", logging.WARNING, findings=len(drift))
-    if code == 0:
+        printed = _guarded(lambda: PRINTERS[command](args, started))
+        if printed.value is not None:
+            sys.stdout.write(printed.value + "\n")
+        return printed.exit_code
+    run = _guarded(lambda: REPORTED[command](args, started))
+    fields = run.value if run.value is not None else run.details
+    if run.exit_code == 0:
+        verdict = _verdict(command, fields)
+        run.exit_code, run.error = verdict.exit_code, verdict.error
+    if run.exit_code == 0:
         log.event("done", command=command, changes=len(fields.get("changes", [])))
     emit(
         Result(
             command=command,
-            exit_code=code,
-            changes=fields.get("changes", []),
+            exit_code=run.exit_code,
+            changes=fields.pop("changes", []),
             duration_ms=round((time.monotonic() - started) * 1000),
-            error=error,
-            findings=fields.get("findings"),
-            connections=fields.get("connections"),
+            error=run.error,
+            details=fields,
         )
     )
-    return code
+    return run.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

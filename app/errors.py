@@ -9,6 +9,11 @@ class BootstrapError(Exception):
     exit_code = 1
     kind = "internal_error"
 
+    def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        # Fields for the result line that are known despite the failure.
+        self.details = details or {}
+
 
 class ConfigError(BootstrapError):
     """A setting is missing, malformed or unsafe; nothing was attempted."""

@@ -17,8 +17,8 @@ class Result:
     changes: list[dict[str, object]] = field(default_factory=list)
     duration_ms: int = 0
     error: dict[str, str] | None = None
-    findings: list[dict[str, object]] | None = None  # verify
-    connections: list[dict[str, object]] | None = None  # verify --connect
+    # Command-specific fields: verify's findings, ecs-run's task.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -28,10 +28,7 @@ class Result:
             "changes": self.changes,
             "duration_ms": self.duration_ms,
         }
-        if self.findings is not None:
-            body["findings"] = self.findings
-        if self.connections is not None:
-            body["connections"] = self.connections
+        body |= self.details
         if self.error is not None:
             body["error"] = self.error
         return body

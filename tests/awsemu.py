@@ -94,6 +94,7 @@ class ProxyState:
     throttle_forever: set[str] = field(default_factory=set)
     throttled: dict[str, int] = field(default_factory=dict)  # service -> calls refused
     calls: list[tuple[str, str]] = field(default_factory=list)  # (service, operation)
+    bodies: list[bytes] = field(default_factory=list)  # each request's body, in order
     # Called as hook(service, operation) after each forwarded call
     hooks: list[Callable[[str, str], None]] = field(default_factory=list)
     # Called as rewrite(service, operation, body) -> body on each forwarded answer
@@ -104,6 +105,7 @@ class ProxyState:
         self.throttle_forever.clear()
         self.throttled.clear()
         self.calls.clear()
+        self.bodies.clear()
         self.hooks.clear()
         self.rewrites.clear()
 
@@ -130,6 +132,7 @@ class ThrottlingProxy:
                 )
                 with lock:
                     state.calls.append((service, operation))
+                    state.bodies.append(body)
                     refuse = service in state.throttle_forever or state.throttle.get(service, 0) > 0
                     if refuse:
                         if service in state.throttle:
