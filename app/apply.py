@@ -89,10 +89,9 @@ def transaction(
             " set_config('bootstrap.prune', %s, true)",
             inputs.settings(),
         )
-        before = catalog.snapshot(cur)
+        catalog.remember(cur)
         _run_script(cur, script)
-        after = catalog.snapshot(cur)
-        changes = catalog.diff(before, after)
+        changes = catalog.changes(cur)
     # How long this run held the lock, and with it the role catalog, until commit.
     log.event(
         "transaction_done",

@@ -22,7 +22,8 @@ from app.users import IamUser
 
 _LISTED = """
 SELECT u.name, p.oid IS NOT NULL, coalesce(p.rolcanlogin, false),
-       coalesce(shobj_description(p.oid, 'pg_authid'), ''),
+       coalesce((SELECT d.description FROM pg_shdescription d
+                 WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass), ''),
        ARRAY(SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
              WHERE a.member = p.oid)
 FROM jsonb_to_recordset(%s::jsonb) AS u(name text)
@@ -35,7 +36,8 @@ SELECT p.rolname, p.rolcanlogin,
        EXISTS (SELECT FROM pg_auth_members a
                WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole)
 FROM pg_roles p
-WHERE shobj_description(p.oid, 'pg_authid') ~ %s
+WHERE (SELECT d.description FROM pg_shdescription d
+       WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass) ~ %s
   AND p.rolname <> ALL (%s)
   AND (p.rolcanlogin OR EXISTS (SELECT FROM pg_auth_members a
                                 WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole))

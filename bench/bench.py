@@ -76,11 +76,19 @@ def timed(args: list[str], env: dict[str, str]) -> Run:
     return Run(wall, usage.ru_maxrss, out[0].decode(), err[0].decode())
 
 
-def users_json(prefix: str, n: int) -> str:
-    return json.dumps(
-        [{"name": f"{prefix}{i:05d}", "roles": ["app_readonly"]} for i in range(n)],
-        separators=(",", ":"),
-    )
+GROUP = "g"  # one group role per user; a one-letter name keeps IAM_USERS short
+
+
+def users_list(prefix: str, n: int) -> str:
+    """IAM_USERS in its comma form. One environment string may hold at most 128 KiB
+    on Linux, so N = 10,000 needs short names: 11 bytes a user here."""
+    return ",".join(f"{prefix}{i:05d}:{GROUP}" for i in range(n))
+
+
+def users_json(users: str) -> str:
+    """The same users as init.sql's bootstrap.iam_users input."""
+    pairs = [entry.split(":") for entry in users.split(",")]
+    return json.dumps([{"name": n, "roles": [g]} for n, g in pairs], separators=(",", ":"))
 
 
 class Bench:
@@ -101,7 +109,7 @@ class Bench:
 
     def floor(self, users: str) -> Run:
         inputs = self.workdir / "inputs.sql"
-        literal = users.replace("'", "''")
+        literal = users_json(users).replace("'", "''")
         inputs.write_text(
             f"SELECT set_config('bootstrap.iam_users', '{literal}', true),"
             f" set_config('bootstrap.master_user', '{localpg.MASTER_USER}', true),"
@@ -281,8 +289,8 @@ def measure(bench: Bench, proxy: CountingProxy, n: int, reps: int) -> Measured:
     }
     rss: list[int] = []
     for rep in range(reps):
-        job_users = users_json(f"j{rep}_", n)
-        floor_users = users_json(f"f{rep}_", n)
+        job_users = users_list(f"j{rep}_", n)
+        floor_users = users_list(f"f{rep}_", n)
         order = ("job", "floor") if rep % 2 == 0 else ("floor", "job")
         for who in order:
             if who == "job":
@@ -298,12 +306,12 @@ def measure(bench: Bench, proxy: CountingProxy, n: int, reps: int) -> Measured:
         bench.drop(f"j{rep}\\_")
         bench.drop(f"f{rep}\\_")
     counts = {}
-    users = users_json("count_", n)
+    users = users_list("c_", n)
     for case in ("new", "noop"):
         proxy.counts = Counts()
         bench.job(users, port=proxy.port)
         counts[case] = proxy.counts
-    bench.drop("count\\_")
+    bench.drop("c\\_")
     return Measured(n, reps, series, max(rss), counts)
 
 
@@ -326,15 +334,15 @@ def main() -> int:
     try:
         print(f"PostgreSQL {server.version} on 127.0.0.1:{server.port}", file=sys.stderr)
         warm = max(sizes)
-        bench.floor(users_json("warm_", warm))  # grow the catalog once, untimed
-        bench.drop("warm\\_")
+        bench.floor(users_list("w_", warm))  # grow the catalog once, untimed
+        bench.drop("w\\_")
         proxy = CountingProxy(server.port)
         for n in sizes:
             rows.append(measure(bench, proxy, n, args.reps if n >= 10000 else max(args.reps, 5)))
             print(f"N={n}: done", file=sys.stderr)
         imports = import_floor(max(args.reps, 5))
-        local = [bench.job(users_json("rss_", 10)) for _ in range(3)]
-        bench.drop("rss\\_")
+        local = [bench.job(users_list("l_", 10)) for _ in range(3)]
+        bench.drop("l\\_")
         args.out.write_text(render(server, rows, imports, local))
         print(f"wrote {args.out}", file=sys.stderr)
     finally:

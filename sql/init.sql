@@ -17,7 +17,9 @@
 -- 'managed by aurora-bootstrap'; verify and prune only ever touch roles with it. On
 -- users it is followed by {"granted": [...]}: the listed roles this script granted
 -- itself, the only ones it revokes when they are no longer listed.
--- Names from the inputs reach SQL only through format('%I').
+-- Names from the inputs reach SQL only through format('%I'). Comments are read with a
+-- correlated lookup in pg_shdescription: shobj_description() costs a query per call,
+-- and a join lets stale catalog statistics pick a plan quadratic in the users.
 
 
 -- Group roles: a starting point, to be edited to fit the application's schemas.
@@ -143,17 +145,24 @@ BEGIN
     -- revoked; grants made by anyone else are never touched. From PostgreSQL 16 a
     -- membership belongs to its grantor, so the job revokes its own grant by name.
     FOR r IN
-        SELECT u.name, g.role, gr.rolname AS grantor
-        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
-        JOIN pg_roles p ON p.rolname = u.name
-        CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(substring(
-            shobj_description(p.oid, 'pg_authid') FROM '^managed by aurora-bootstrap (\{.*\})$'
-        )::jsonb -> 'granted', '[]')) AS g(role)
-        JOIN pg_roles gp ON gp.rolname = g.role
-        JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = gp.oid
+        WITH dropped AS MATERIALIZED (
+            -- Per user, once: recorded roles that are no longer listed.
+            SELECT u.name, p.oid AS member, g.role
+            FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+            JOIN pg_roles p ON p.rolname = u.name
+            CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(substring(
+                (SELECT d.description FROM pg_shdescription d
+                 WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
+                FROM '^managed by aurora-bootstrap (\{.*\})$'
+            )::jsonb -> 'granted', '[]')) AS g(role)
+            WHERE g.role <> ALL (coalesce(u.roles, '{}'))
+        )
+        SELECT x.name, x.role, gr.rolname AS grantor
+        FROM dropped x
+        JOIN pg_roles gp ON gp.rolname = x.role
+        JOIN pg_auth_members a ON a.member = x.member AND a.roleid = gp.oid
         JOIN pg_roles gr ON gr.oid = a.grantor
-        WHERE g.role <> ALL (coalesce(u.roles, '{}'))
-          AND pg_has_role(current_user, a.grantor, 'USAGE')
+        WHERE pg_has_role(current_user, a.grantor, 'USAGE')
         ORDER BY 1, 2
     LOOP
         IF pg16 THEN
@@ -192,7 +201,9 @@ BEGIN
     FOR r IN
         WITH present AS (
             SELECT u.name, coalesce(u.roles, '{}') AS roles,
-                   coalesce(shobj_description(p.oid, 'pg_authid'), '') AS comment
+                   coalesce((SELECT d.description FROM pg_shdescription d
+                             WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass),
+                            '') AS comment
             FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
             JOIN pg_roles p ON p.rolname = u.name
         ), granted AS (
@@ -231,7 +242,9 @@ BEGIN
             FROM pg_roles p
             JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = 'rds_iam'::regrole
             JOIN pg_roles gr ON gr.oid = a.grantor
-            WHERE shobj_description(p.oid, 'pg_authid') ~ '^managed by aurora-bootstrap( |$)'
+            WHERE (SELECT d.description FROM pg_shdescription d
+                   WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
+                  ~ '^managed by aurora-bootstrap( |$)'
               AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
             GROUP BY gr.rolname
             ORDER BY 1
@@ -246,7 +259,9 @@ BEGIN
             SELECT p.rolname AS name
             FROM pg_roles p
             WHERE p.rolcanlogin
-              AND shobj_description(p.oid, 'pg_authid') ~ '^managed by aurora-bootstrap( |$)'
+              AND (SELECT d.description FROM pg_shdescription d
+                   WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
+                  ~ '^managed by aurora-bootstrap( |$)'
               AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
               AND p.rolname NOT IN (master, session_user, current_user)
             ORDER BY 1

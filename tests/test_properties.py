@@ -15,7 +15,7 @@ from app.retry import Deadline
 from app.settings import default_init_sql
 from app.users import NAME_RE, IamUser, parse
 from tests.conftest import catalog as read_catalog
-from tests.conftest import job_env, reset, run_job
+from tests.conftest import job_env, members_of, reset, role, run_job
 from tools import localpg
 
 first = st.sampled_from(string.ascii_lowercase + "_")
@@ -83,12 +83,13 @@ def test_accepted_names_round_trip_into_the_catalog_exactly(
             Deadline(60),
             commit=True,
         )
-        snap = catalog.snapshot(conn.cursor())
+    state = read_catalog(pg18)
     for n, roles in pairs:
-        login, comment = snap.roles[n]
+        found = role(state, n)
+        assert found is not None
+        _name, login, _super, _createrole, comment = found
         assert login and catalog.is_managed(comment)
-        member_of = {g for g, m, _gr in snap.memberships if m == n}
-        assert member_of == {"rds_iam", *roles}
+        assert members_of(state, n) == {"rds_iam", *roles}
 
 
 def rejected(raw: str) -> bool:
