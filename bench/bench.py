@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -327,6 +328,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    # On SIGTERM, unwind through `finally` so the throwaway server is stopped too.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
 
     bindir = localpg.embedded_bindir()
     if bindir is None:
