@@ -155,9 +155,7 @@ class Bench:
             conn.execute(query)
             # Dropped roles leave dead rows in the shared catalogs, which autovacuum
             # does not hurry to clear; each run should meet the same catalog.
-            conn.execute(
-                "VACUUM pg_authid, pg_auth_members, pg_shdescription, pg_shdepend"
-            )
+            conn.execute("VACUUM pg_authid, pg_auth_members, pg_shdescription, pg_shdepend")
 
 
 # --- round trips -------------------------------------------------------------
