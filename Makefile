@@ -68,8 +68,9 @@ compose-up: image ## start the local stack's database (PostgreSQL 17 with Aurora
 compose-run: image ## run the job in the local stack: make compose-run CMD=plan
 	$(COMPOSE) run --rm bootstrap $(CMD)
 
+BENCH_SIZES ?= 10,1000
 bench: install ## measure the job against psql and the import floor: bench/RESULTS.md
-	$(BIN)/python -m bench.bench
+	$(BIN)/python -m bench.bench --sizes $(BENCH_SIZES)
 
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove
