@@ -24,6 +24,7 @@ from app import log
 from app.aws import Aws
 from app.errors import AwsError, ConfigError, DeadlineExceeded, TaskNotStarted
 from app.retry import Deadline
+from app.settings import describe_error
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -73,11 +74,11 @@ def load_settings(overrides: dict[str, Any]) -> EcsSettings:
         settings = EcsSettings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = str(error["loc"][0]) if error.get("loc") else "ECS settings"
-        message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
         if error.get("type") == "missing":
-            message = f"not set (or pass --{name.removeprefix('ECS_').lower().replace('_', '-')})"
-        raise ConfigError(name, message) from None
+            name = str(error["loc"][0])
+            flag = name.removeprefix("ECS_").lower().replace("_", "-")
+            raise ConfigError(name, f"not set (or pass --{flag})") from None
+        raise describe_error(error) from None
     if settings.launch_type and settings.capacity_provider:
         raise ConfigError("ECS_CAPACITY_PROVIDER", "give a launch type or a capacity provider")
     return settings

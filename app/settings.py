@@ -127,7 +127,8 @@ class Settings(BaseSettings):
         return "text" if sys.stderr.isatty() else "json"
 
 
-def _describe(error: ErrorDetails) -> ConfigError:
+def describe_error(error: ErrorDetails) -> ConfigError:
+    """A pydantic error as a ConfigError naming the variable; secrets are never shown."""
     loc = error.get("loc") or ("settings",)
     name = str(loc[0])
     message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
@@ -147,4 +148,4 @@ def load() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise _describe(exc.errors()[0]) from None
+        raise describe_error(exc.errors()[0]) from None
