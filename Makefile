@@ -22,11 +22,14 @@ $(BIN)/aurora-bootstrap: requirements-dev.lock pyproject.toml
 
 install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app in it
 
-system-deps: ## Debian's PostgreSQL 15 (with TLS) for the tests, if missing
-	@if [ -x /usr/lib/postgresql/15/bin/postgres ]; then :; \
+system-deps: ## Debian's PostgreSQL 15 (with TLS) and iptables for the tests, if missing
+	@missing=""; \
+	[ -x /usr/lib/postgresql/15/bin/postgres ] || missing="$$missing postgresql-15"; \
+	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing="$$missing iptables"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15; \
-	else echo "PostgreSQL 15 missing: apt-get install postgresql-15 (its tests are skipped)"; fi
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	else echo "missing:$$missing (apt-get install$$missing); their tests are skipped"; fi
 
 run: install ## run the job ($(CMD)) against a local PostgreSQL with Aurora's roles
 	$(BIN)/python -m tools.localdb run $(CMD)

@@ -3,6 +3,11 @@
 Everything happens in one transaction, so init.sql is applied whole or not at all.
 The transaction-scoped advisory lock makes concurrent runs queue: the second one
 waits, then finds the work done.
+
+Each attempt bounds itself by what is left of the deadline on the server too
+(statement_timeout, lock_timeout), and sets idle_in_transaction_session_timeout: the
+job never idles inside its transaction, so a session it lost to a silent network is
+ended by the server within seconds, and with it the lock it held.
 """
 
 from __future__ import annotations
@@ -10,11 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
-from app import catalog, connect, log
+from app import catalog, connect, interrupt, log
 from app.errors import InitSqlError
 from app.retry import Deadline
 from app.script import Script
@@ -22,6 +27,20 @@ from app.users import IamUser
 
 # pg_advisory_xact_lock key: the bytes of "aurora-b" read as a signed 64-bit integer.
 LOCK_KEY = int.from_bytes(b"aurora-b", "big", signed=True)
+# How long the server keeps a session of the job that stopped talking mid-transaction.
+IDLE_IN_TRANSACTION_MS = 10_000
+
+# One round trip: the attempt's timeouts, whether this server can write at all (after
+# a failover the writer endpoint may still lead to the demoted instance), and the lock
+# if it is free. CASE keeps a read-only server from being asked for a lock.
+_BEGIN = """
+SELECT set_config('statement_timeout', %(budget)s, true),
+       set_config('lock_timeout', %(budget)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle)s, true),
+       current_setting('transaction_read_only') = 'on' AS read_only,
+       CASE WHEN current_setting('transaction_read_only') = 'off'
+            THEN pg_try_advisory_xact_lock(%(key)s) END AS locked
+"""
 
 
 @dataclass(frozen=True)
@@ -33,25 +52,78 @@ class Inputs:
     prune: bool
 
     def settings(self) -> tuple[str, str, str]:
-        users = json.dumps([u.as_json() for u in self.users], separators=(",", ":"))
-        return users, self.master_user, "true" if self.prune else "false"
+        return self.users_json(), self.master_user, "true" if self.prune else "false"
+
+    def users_json(self) -> str:
+        return json.dumps([u.as_json() for u in self.users], separators=(",", ":"))
 
 
-def _lock(cur: psycopg.Cursor[tuple[object, ...]], deadline: Deadline) -> None:
-    # lock_timeout bounds every lock wait of the transaction, this one and init.sql's,
-    # by the deadline; on expiry 55P03 ends the attempt.
-    timeout_ms = max(int(deadline.remaining() * 1000), 1)
-    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{timeout_ms}ms",))
-    cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (LOCK_KEY,))
-    row = cur.fetchone()
-    if row is None or not row[0]:
+@dataclass
+class Applied:
+    """What one run did, as the report tells it."""
+
+    changes: list[catalog.Change]
+    findings: list[catalog.Finding] = field(default_factory=list)
+    # The reply to COMMIT was lost, and the next attempt found the catalog exactly as
+    # that COMMIT would have left it: `changes` are the lost attempt's.
+    confirmed_after_reconnect: bool = False
+
+
+class CommitInDoubt(psycopg.OperationalError):
+    """The connection was lost while COMMIT was in flight: it may have committed.
+
+    A lost connection, so the retry policy reconnects; the next attempt compares the
+    catalog with the after-state this attempt computed before committing.
+    """
+
+    def __init__(self, cause: str, changes: list[catalog.Change], after: str) -> None:
+        super().__init__(
+            f"connection lost during COMMIT ({cause}); "
+            "the next attempt checks whether it was committed"
+        )
+        self.changes = changes
+        self.after = after
+
+
+class ReadOnlyServer(psycopg.errors.ReadOnlySqlTransaction):
+    """The endpoint leads to a read-only server: a failover not yet visible in DNS."""
+
+
+def _begin(cur: psycopg.Cursor[tuple[object, ...]], deadline: Deadline) -> None:
+    budget_ms = max(int(deadline.remaining() * 1000), 1)
+    cur.execute(
+        _BEGIN,
+        {"budget": f"{budget_ms}ms", "idle": f"{IDLE_IN_TRANSACTION_MS}ms", "key": LOCK_KEY},
+    )
+    _, _, _, read_only, locked = cur.fetchone() or (None, None, None, False, False)
+    if read_only:
+        raise ReadOnlyServer(
+            "the server is read-only (transaction_read_only is on): the writer endpoint "
+            "still leads to a reader or a demoted instance"
+        )
+    if not locked:
         log.event("lock_wait", reason="another run holds the bootstrap lock", key=LOCK_KEY)
+        deadline.activity = "waiting for the bootstrap lock, which another run holds"
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         log.event("lock_acquired", waited_s=round(deadline.elapsed(), 3))
 
 
-def _run_script(cur: psycopg.Cursor[tuple[object, ...]], script: Script) -> None:
+def _message(exc: psycopg.Error) -> str:
+    """The server's message with its DETAIL and HINT, which say what to do."""
+    diag = exc.diag
+    parts = [diag.message_primary or str(exc)]
+    if diag.message_detail:
+        parts.append(f"DETAIL: {diag.message_detail}")
+    if diag.message_hint:
+        parts.append(f"HINT: {diag.message_hint}")
+    return log.redact(" ".join(parts))
+
+
+def _run_script(
+    cur: psycopg.Cursor[tuple[object, ...]], script: Script, deadline: Deadline
+) -> None:
     for statement in script.statements:
+        deadline.activity = f"running {script.path}:{statement.line}"
         try:
             cur.execute(statement.text.encode())
         except psycopg.Error as exc:
@@ -64,40 +136,76 @@ def _run_script(cur: psycopg.Cursor[tuple[object, ...]], script: Script) -> None
                 diag.context,
             )
             raise InitSqlError(
-                log.redact(diag.message_primary or str(exc)),
-                file=str(script.path),
-                line=line,
-                sqlstate=exc.sqlstate,
+                _message(exc), file=str(script.path), line=line, sqlstate=exc.sqlstate
             ) from None
 
 
-def transaction(
-    conn: psycopg.Connection[tuple[object, ...]],
-    script: Script,
-    inputs: Inputs,
-    deadline: Deadline,
-    *,
-    commit: bool,
-) -> list[catalog.Change]:
-    """Run init.sql once under the lock; commit only if `commit`. Returns the changes."""
-    with conn.transaction(force_rollback=not commit), conn.cursor() as cur:
-        _lock(cur, deadline)
+class Attempts:
+    """init.sql applied once per connection the retry policy hands over.
+
+    It remembers a commit whose reply was lost, so that the next attempt can tell
+    whether the server committed it before the connection went.
+    """
+
+    def __init__(self, script: Script, inputs: Inputs, deadline: Deadline, *, commit: bool):
+        self.script = script
+        self.inputs = inputs
+        self.deadline = deadline
+        self.commit = commit
+        self.in_doubt: CommitInDoubt | None = None
+
+    def __call__(self, conn: psycopg.Connection[tuple[object, ...]]) -> Applied:
+        committing = False
+        try:
+            with conn.transaction(force_rollback=not self.commit), conn.cursor() as cur:
+                applied, after, locked = self._work(cur)
+                if self.commit:
+                    # From here the run finishes and reports, whatever signal comes.
+                    interrupt.hold()
+                    committing = True
+        except psycopg.OperationalError as exc:
+            if not committing:
+                raise
+            interrupt.release()
+            self.in_doubt = CommitInDoubt(connect.describe(exc), applied.changes, after)
+            raise self.in_doubt from None
+        # How long this run held the lock, and with it the role catalog, until commit.
+        log.event(
+            "transaction_done",
+            logging.INFO,
+            changes=len(applied.changes),
+            outcome="commit" if self.commit else "rollback",
+            lock_held_ms=round((time.monotonic() - locked) * 1000, 1),
+        )
+        return applied
+
+    def _work(self, cur: psycopg.Cursor[tuple[object, ...]]) -> tuple[Applied, str, float]:
+        self.deadline.activity = "starting the transaction"
+        _begin(cur, self.deadline)
         locked = time.monotonic()
         cur.execute(
             "SELECT set_config('bootstrap.iam_users', %s, true),"
             " set_config('bootstrap.master_user', %s, true),"
             " set_config('bootstrap.prune', %s, true)",
-            inputs.settings(),
+            self.inputs.settings(),
         )
-        catalog.remember(cur)
-        _run_script(cur, script)
-        changes = catalog.changes(cur)
-    # How long this run held the lock, and with it the role catalog, until commit.
-    log.event(
-        "transaction_done",
-        logging.INFO,
-        changes=len(changes),
-        outcome="commit" if commit else "rollback",
-        lock_held_ms=round((time.monotonic() - locked) * 1000, 1),
-    )
-    return changes
+        before = catalog.remember(cur)
+        lost, self.in_doubt = self.in_doubt, None
+        confirmed = lost is not None and before == lost.after
+        if lost is not None:
+            log.event(
+                "commit_checked",
+                logging.WARNING if confirmed else logging.INFO,
+                committed=confirmed,
+                reason="the reply to COMMIT was lost; the catalog "
+                + ("matches" if confirmed else "does not match")
+                + " what that COMMIT would have left",
+            )
+        _run_script(cur, self.script, self.deadline)
+        changes, after = catalog.changes(cur)
+        findings = catalog.prune_findings(cur) if self.inputs.prune else []
+        for finding in findings:
+            log.event("prune_incomplete", logging.WARNING, **finding)
+        if confirmed and lost is not None:
+            changes = lost.changes + changes
+        return Applied(changes, findings, confirmed), after, locked

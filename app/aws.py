@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import botocore.exceptions as bx
+import botocore.loaders
 from botocore.config import Config
+from botocore.waiter import WaiterModel
 
 from app import log, retry
-from app.credentials import DEFAULT_PORT, MasterLogin
 from app.errors import AwsError, ConfigError
+from app.login import DEFAULT_PORT, MasterLogin
 from app.retry import Deadline
 from app.settings import Settings
 
@@ -57,20 +59,20 @@ TRANSIENT_CODES = frozenset(
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_EXCEPTIONS = bx.ConnectionError | bx.HTTPClientError
 
-# Cluster states that pass by themselves: wait. Any other state but "available" is
-# one that waiting will not fix (stopped, deleting, failed, ...).
-CLUSTER_BUSY = frozenset(
+# Cluster states that waiting will not fix, besides those botocore's own
+# DBClusterAvailable waiter gives up on (deleted, deleting, failed, incompatible-*):
+# a stopped cluster starts only when someone starts it, and a lost KMS key or a failed
+# clone or migration needs a person. Every other state but "available" passes by
+# itself (creating, modifying, failing-over, backtracking, upgrading, ...), as the
+# waiter assumes too, and is waited for within the deadline.
+CLUSTER_NEEDS_SOMEONE = frozenset(
     {
-        "creating",
-        "modifying",
-        "starting",
-        "rebooting",
-        "backing-up",
-        "upgrading",
-        "renaming",
-        "maintenance",
-        "resetting-master-credentials",
-        "configuring-iam-database-auth",
+        "stopped",
+        "stopping",
+        "inaccessible-encryption-credentials",
+        "inaccessible-encryption-credentials-recoverable",
+        "cloning-failed",
+        "migration-failed",
     }
 )
 SECRET_BUSY = frozenset({"creating", "rotating"})
@@ -181,16 +183,26 @@ class Aws:
         except bx.BotoCoreError as exc:
             raise AwsError(f"{what}: {describe(exc)}") from None
 
+    @cached_property
+    def cluster_final_states(self) -> frozenset[str]:
+        model = WaiterModel(botocore.loaders.create_loader().load_service_model("rds", "waiters-2"))
+        given_up = {
+            str(acceptor.expected)
+            for acceptor in model.get_waiter("DBClusterAvailable").acceptors
+            if acceptor.state == "failure"
+        }
+        return frozenset(given_up) | CLUSTER_NEEDS_SOMEONE
+
     def cluster(self, identifier: str) -> Cluster:
         """The cluster, once it is available and its managed secret is usable."""
 
         def once() -> Cluster:
             found = self.rds.describe_db_clusters(DBClusterIdentifier=identifier)["DBClusters"][0]
             status = found.get("Status", "")
-            if status in CLUSTER_BUSY:
-                raise NotReady(f"cluster {identifier} is {status}")
-            if status != "available":
+            if status in self.cluster_final_states:
                 raise AwsError(f"cluster {identifier} is {status}; it cannot take connections")
+            if status != "available":
+                raise NotReady(f"cluster {identifier} is {status}")
             secret = found.get("MasterUserSecret") or {}
             if secret.get("SecretStatus") in SECRET_BUSY:
                 raise NotReady(f"master secret of {identifier} is {secret['SecretStatus']}")

@@ -18,14 +18,60 @@ from typing import Any
 
 import psycopg
 
-# The comment init.sql puts on the roles it manages; on users it may be followed by
-# {"granted": [...]}, the roles the job granted them.
+# The comment init.sql puts on the roles it manages. On users it may be followed by
+# {"granted": [...]}, the roles the job granted them; group roles carry GROUP_MARKER,
+# so that verify and PRUNE, which act on users only, leave them alone.
 MARKER = "managed by aurora-bootstrap"
+GROUP_MARKER = "managed by aurora-bootstrap (group role)"
 MARKER_RE = "^managed by aurora-bootstrap( |$)"
 
 
 def is_managed(comment: str | None) -> bool:
     return comment is not None and re.match(MARKER_RE, comment) is not None
+
+
+# SQL: whether role `p` (a pg_roles row) is a user the job manages. Earlier versions
+# marked groups with the plain marker too: a role with it that a listed user names as a
+# role, or that has a member other than the master user, is such a group. Reads the
+# inputs init.sql reads, bootstrap.iam_users and bootstrap.master_user.
+_COMMENT_OF_P = (
+    "(SELECT d.description FROM pg_shdescription d"
+    " WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)"
+)
+MANAGED_USER = (
+    "coalesce(" + _COMMENT_OF_P + r" ~ '^managed by aurora-bootstrap( \{.*\})?$'"
+    " AND NOT (" + _COMMENT_OF_P + " = 'managed by aurora-bootstrap' AND ("
+    " p.rolname IN (SELECT g FROM jsonb_to_recordset("
+    "current_setting('bootstrap.iam_users')::jsonb) AS u(roles text[]),"
+    " unnest(coalesce(u.roles, '{}')) AS g)"
+    " OR EXISTS (SELECT FROM pg_auth_members a WHERE a.roleid = p.oid AND a.member <>"
+    " (SELECT m.oid FROM pg_roles m WHERE m.rolname = current_setting('bootstrap.master_user'))"
+    "))), false)"
+)
+# Managed users no longer listed that are still members of rds_iam, with the grantor
+# of each membership: after PRUNE, the grants the master could not revoke.
+_STILL_IN_RDS_IAM = f"""
+SELECT p.rolname, gr.rolname
+FROM pg_roles p
+JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = 'rds_iam'::regrole
+JOIN pg_roles gr ON gr.oid = a.grantor
+WHERE {MANAGED_USER}
+  AND p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset(
+        current_setting('bootstrap.iam_users')::jsonb) AS u(name text))
+ORDER BY 1, 2
+"""
+
+Finding = dict[str, object]
+
+
+def prune_findings(cur: psycopg.Cursor[Any]) -> list[Finding]:
+    """rds_iam memberships PRUNE left in place: on PostgreSQL 16+ a grant made by
+    another administrator belongs to it, and the master cannot revoke it."""
+    cur.execute(_STILL_IN_RDS_IAM)
+    return [
+        {"role": name, "problem": "rds_iam_not_revoked", "grantor": grantor}
+        for name, grantor in cur.fetchall()
+    ]
 
 
 # Each query gives one JSON array per row.
@@ -81,16 +127,19 @@ GROUP BY object, grantee, privilege
 # The snapshot as one JSON document of three lists of rows.
 _SNAPSHOT = f"""
 SELECT jsonb_build_object(
-    'roles', (SELECT coalesce(jsonb_agg(e), '[]') FROM ({_ROLES}) AS r),
-    'memberships', (SELECT coalesce(jsonb_agg(e), '[]') FROM ({_MEMBERSHIPS}) AS m),
-    'privileges', (SELECT coalesce(jsonb_agg(e), '[]') FROM ({_PRIVILEGES}) AS p))
+    'roles', (SELECT coalesce(jsonb_agg(e ORDER BY e), '[]') FROM ({_ROLES}) AS r),
+    'memberships', (SELECT coalesce(jsonb_agg(e ORDER BY e), '[]') FROM ({_MEMBERSHIPS}) AS m),
+    'privileges', (SELECT coalesce(jsonb_agg(e ORDER BY e), '[]') FROM ({_PRIVILEGES}) AS p))
 """
-_REMEMBER = f"SELECT set_config('bootstrap.snapshot', ({_SNAPSHOT})::text, true)"
+# Rows are sorted, so the snapshot's md5 is a fingerprint of the catalog's state.
+_REMEMBER = f"SELECT md5(set_config('bootstrap.snapshot', ({_SNAPSHOT})::text, true))"
 # Rows of the remembered snapshot that are gone now ('before'), and rows now that
 # were not there ('after'), for each of the three lists.
 _CHANGED = f"""
 WITH was AS (SELECT current_setting('bootstrap.snapshot')::jsonb AS j),
-     now AS ({_SNAPSHOT.strip()} AS j)
+     now AS MATERIALIZED ({_SNAPSHOT.strip()} AS j)
+SELECT 'fingerprint' AS kind, 'after' AS side, to_jsonb(md5(now.j::text)) AS row FROM now
+UNION ALL
 SELECT kind, side, row
 FROM unnest(ARRAY['roles', 'memberships', 'privileges']) AS kind
 CROSS JOIN LATERAL (
@@ -112,18 +161,25 @@ class Snapshot:
     privileges: dict[tuple[str, str, str], int]  # (object, grantee, privilege) -> count
 
 
-def remember(cur: psycopg.Cursor[Any]) -> None:
-    """Keep a snapshot of the catalog on the server, for changes() to compare with."""
+def remember(cur: psycopg.Cursor[Any]) -> str:
+    """Keep a snapshot of the catalog on the server, for changes() to compare with.
+    Returns its fingerprint."""
     cur.execute(_REMEMBER)
+    row = cur.fetchone()
+    return str(row[0]) if row is not None else ""
 
 
-def changes(cur: psycopg.Cursor[Any]) -> list[Change]:
-    """What changed since remember(), in the same transaction."""
+def changes(cur: psycopg.Cursor[Any]) -> tuple[list[Change], str]:
+    """What changed since remember(), in the same transaction, and the fingerprint of
+    the catalog as it is now."""
     sides = {"before": Snapshot({}, {}, {}), "after": Snapshot({}, {}, {})}
+    fingerprint = ""
     cur.execute(_CHANGED)
     for kind, side, row in cur.fetchall():
         snap = sides[side]
-        if kind == "roles":
+        if kind == "fingerprint":
+            fingerprint = str(row)
+        elif kind == "roles":
             name, login, comment = row
             snap.roles[name] = (login, comment)
         elif kind == "memberships":
@@ -132,7 +188,7 @@ def changes(cur: psycopg.Cursor[Any]) -> list[Change]:
         else:
             obj, grantee, privilege, count = row
             snap.privileges[(obj, grantee, privilege)] = count
-    return diff(sides["before"], sides["after"])
+    return diff(sides["before"], sides["after"]), fingerprint
 
 
 Change = dict[str, object]

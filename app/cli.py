@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from app import log
+from app import interrupt, log
 from app.errors import BootstrapError, ConfigError, DriftFound
 from app.report import Result, emit
 
@@ -91,7 +91,9 @@ def _configure(started: float) -> tuple[Settings, Deadline]:
     log.setup(conf.log_format_resolved, conf.log_level)
     if conf.db_password is not None:
         log.register_secret(conf.db_password.get_secret_value())
-    return conf, retry.Deadline(conf.deadline_seconds, started=started)
+    deadline = retry.Deadline(conf.deadline_seconds, started=started)
+    deadline.arm()
+    return conf, deadline
 
 
 def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any]:
@@ -135,7 +137,7 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
         fields: dict[str, Any] = {
             "findings": with_retries(
                 "connecting and reading the catalog",
-                lambda conn: verify.findings(conn, conf.iam_users),
+                lambda conn: verify.findings(conn, conf.iam_users, login.user),
             )
         }
         if args.connect:
@@ -150,13 +152,14 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
             )
         return fields
     inputs = apply.Inputs(conf.iam_users, login.user, conf.prune)
-    commit = command == "apply"
-    return {
-        "changes": with_retries(
-            "connecting and applying init.sql",
-            lambda conn: apply.transaction(conn, program, inputs, deadline, commit=commit),
-        )
-    }
+    attempts = apply.Attempts(program, inputs, deadline, commit=command == "apply")
+    applied = with_retries("connecting and applying init.sql", attempts)
+    fields = {"changes": applied.changes}
+    if applied.findings:
+        fields["findings"] = applied.findings
+    if applied.confirmed_after_reconnect:
+        fields["commit_confirmed_after_reconnect"] = True
+    return fields
 
 
 def _token(args: argparse.Namespace, started: float) -> str:
@@ -197,7 +200,10 @@ def _ecs_run(args: argparse.Namespace, started: float) -> dict[str, Any]:
     for pair in environment:
         if "PASSWORD" in pair["name"] or "SECRET" in pair["name"]:
             log.register_secret(pair["value"])
-    return ecs.run(conf, environment, retry.Deadline(conf.deadline_seconds, started=started))
+    deadline = retry.Deadline(
+        conf.deadline_seconds, started=started, setting="ECS_DEADLINE_SECONDS"
+    )
+    return ecs.run(conf, environment, deadline)
 
 
 REPORTED: dict[str, Callable[[argparse.Namespace, float], dict[str, Any]]] = {
@@ -225,7 +231,8 @@ def _guarded(fn: Callable[[], T]) -> Outcome[T]:
     """Run a command: its value, or its exit code and what went wrong."""
     try:
         return Outcome(fn())
-    except BootstrapError as exc:
+    except (BootstrapError, interrupt.Interrupt) as caught:
+        exc = caught.error if isinstance(caught, interrupt.Interrupt) else caught
         log.event("failed", logging.ERROR, error=exc.kind, detail=str(exc))
         error = {"type": exc.kind, "message": log.redact(str(exc))}
         return Outcome(None, exc.exit_code, error, exc.details)
@@ -254,34 +261,49 @@ def _verdict(command: str, fields: dict[str, Any]) -> Outcome[None]:
     return Outcome(None)
 
 
+def _result(command: str, started: float, run: Outcome[Any], fields: dict[str, Any]) -> Result:
+    return Result(
+        command=command,
+        exit_code=run.exit_code,
+        changes=fields.pop("changes", []),
+        duration_ms=round((time.monotonic() - started) * 1000),
+        error=run.error,
+        details=fields,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     args = _parser().parse_args(argv)
     command = args.command or "apply"
     log.setup("text" if sys.stderr.isatty() else "json", "INFO")
+
+    def hard_stop(error: BootstrapError) -> None:
+        # Cleanup after a stop signal hung (a dead network): report and go.
+        log.event("hard_stop", logging.ERROR, error=error.kind, detail=str(error))
+        if command in REPORTED:
+            failed = Outcome[Any](
+                None, error.exit_code, {"type": error.kind, "message": str(error)}
+            )
+            emit(_result(command, started, failed, {}))
+
+    interrupt.install(hard_stop)
     if command in PRINTERS:
         # token and policy: their output alone on stdout; failures only on stderr.
         printed = _guarded(lambda: PRINTERS[command](args, started))
+        interrupt.disarm_deadline()
         if printed.value is not None:
             sys.stdout.write(printed.value + "\n")
         return printed.exit_code
     run = _guarded(lambda: REPORTED[command](args, started))
+    interrupt.disarm_deadline()
     fields = run.value if run.value is not None else run.details
     if run.exit_code == 0:
         verdict = _verdict(command, fields)
         run.exit_code, run.error = verdict.exit_code, verdict.error
     if run.exit_code == 0:
         log.event("done", command=command, changes=len(fields.get("changes", [])))
-    emit(
-        Result(
-            command=command,
-            exit_code=run.exit_code,
-            changes=fields.pop("changes", []),
-            duration_ms=round((time.monotonic() - started) * 1000),
-            error=run.error,
-            details=fields,
-        )
-    )
+    emit(_result(command, started, run, fields))
     return run.exit_code
 
 

@@ -13,8 +13,8 @@ import re
 import psycopg
 
 from app import log
-from app.credentials import MasterLogin
 from app.errors import ConfigError, LoginRefused
+from app.login import MasterLogin
 from app.retry import Deadline
 from app.settings import Settings
 
@@ -27,15 +27,21 @@ _AUTH_FAILED = re.compile(
     r"permission denied for database|not permitted to log in|"
     r"password is required",
 )
-# "SSL SYSCALL error" is a lost connection, not a verification failure: not listed.
+# Only a certificate that does not verify, a host name it does not hold, an alert the
+# peer sends on purpose, or a server without TLS are final. A handshake cut short
+# ("SSL error: unexpected eof", "SSL SYSCALL error", a reset) is a server restarting
+# or failing over: transient.
 _TLS_FAILED = re.compile(
-    r"certificate|does not match host name|server does not support SSL|SSL error:|"
-    r"tlsv1 alert|sslv3 alert",
+    r"certificate|does not match host name|server does not support SSL|"
+    r"tlsv1 alert|sslv3 alert|wrong version number",
     re.IGNORECASE,
 )
 # Retryable states seen inside a session: serialization, deadlock, lock timeout,
-# too many connections, shutdown/restart, crash recovery.
-RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
+# too many connections, shutdown/restart, crash recovery, and a read-only
+# transaction (the writer endpoint still resolving to a demoted instance).
+RETRY_SQLSTATES = frozenset(
+    {"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03", "25006"}
+)
 
 
 def is_auth_failure(exc: psycopg.OperationalError) -> bool:
@@ -88,6 +94,7 @@ def connect(
     A password from Secrets Manager may have rotated since it was read: on an
     authentication failure it is fetched again once before the login counts as refused.
     """
+    deadline.activity = f"connecting to {login.host}:{login.port}"
     while True:
         timeout = max(2, min(settings.connect_timeout, math.ceil(deadline.remaining())))
         try:
@@ -101,6 +108,14 @@ def connect(
                 application_name=APPLICATION_NAME,
                 sslmode=settings.db_sslmode,
                 sslrootcert=sslrootcert(settings),
+                # A connection that goes silent (packets dropped, a peer gone without
+                # a word) is noticed within about ten seconds: keepalive probes from
+                # 5 s idle, and data or probes unacknowledged for 10 s end it.
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=1,
+                keepalives_count=5,
+                tcp_user_timeout=10_000,
             )
         except psycopg.OperationalError as exc:
             if is_auth_failure(exc):

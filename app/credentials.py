@@ -6,40 +6,10 @@ with DB_HOST, DB_USER and DB_PASSWORD never loads the AWS SDK.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
-
-from app import log
 from app.errors import ConfigError
+from app.login import DEFAULT_PORT, MasterLogin
 from app.retry import Deadline
 from app.settings import Settings
-
-DEFAULT_PORT = 5432
-
-
-@dataclass
-class MasterLogin:
-    host: str
-    port: int
-    dbname: str
-    user: str
-    password: str = field(repr=False)
-    source: Literal["env", "secret", "cluster"]
-    # Fetches the password again (a rotated secret); None when it cannot change.
-    refetch: Callable[[], str] | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        log.register_secret(self.password)
-
-    def refresh_password(self) -> bool:
-        """Fetch a rotated password once; False when there is nothing to fetch."""
-        if self.refetch is None:
-            return False
-        self.password = self.refetch()
-        log.register_secret(self.password)
-        self.refetch = None
-        return True
 
 
 def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:

@@ -68,6 +68,20 @@ class DriftFound(BootstrapError):
     kind = "drift"
 
 
+class Interrupted(BootstrapError):
+    """A stop signal arrived: the statement in flight was cancelled and rolled back."""
+
+    kind = "interrupted"
+
+
+class StoppedBySigint(Interrupted):
+    exit_code = 130
+
+
+class StoppedBySigterm(Interrupted):
+    exit_code = 143
+
+
 class TaskNotStarted(BootstrapError):
     """ecs-run: the task stopped without running the container."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,14 @@ class Result:
         return body
 
 
+_emitted = threading.Lock()
+
+
 def emit(result: Result) -> None:
+    """Write the result line; only the first call writes (a hard stop may race the
+    normal end of a run)."""
+    if not _emitted.acquire(blocking=False):
+        return
     line = json.dumps(result.as_json(), separators=(",", ":"), ensure_ascii=False)
     sys.stdout.write(log.redact(line) + "\n")
     sys.stdout.flush()

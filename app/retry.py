@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
-from app import log
+from app import interrupt, log
 from app.errors import DeadlineExceeded
 
 T = TypeVar("T")
@@ -27,6 +27,19 @@ _MIN_ATTEMPT_SECONDS = 0.5
 class Deadline:
     seconds: float
     started: float = field(default_factory=time.monotonic)
+    setting: str = "DEADLINE_SECONDS"  # named in every message about it
+    activity: str = "starting"  # what the job is waiting for now
+
+    def arm(self) -> None:
+        """Interrupt the job wherever it is when the deadline passes: a host that never
+        answers, a statement that never returns. Retries stop before it by themselves."""
+        interrupt.arm_deadline(self.remaining(), self.expired)
+
+    def expired(self) -> str:
+        return (
+            f"gave up {self.activity}: {self.setting}={self.seconds:g} passed after "
+            f"{self.elapsed():.1f}s"
+        )
 
     def remaining(self) -> float:
         return self.seconds - (time.monotonic() - self.started)
@@ -48,6 +61,7 @@ def run(
     Non-transient exceptions pass through at once. When the deadline leaves no room for
     another attempt, DeadlineExceeded says what was being waited for and why.
     """
+    deadline.activity = what
     backoff = wait_random_exponential(multiplier=_BASE_SECONDS, max=_MAX_WAIT_SECONDS)
 
     def wait(state: RetryCallState) -> float:
@@ -75,7 +89,7 @@ def run(
     def give_up(state: RetryCallState) -> T:
         raise DeadlineExceeded(
             f"gave up {what} after {state.attempt_number} attempts in "
-            f"{deadline.elapsed():.1f}s (DEADLINE_SECONDS={deadline.seconds:g}): {reason(state)}"
+            f"{deadline.elapsed():.1f}s ({deadline.setting}={deadline.seconds:g}): {reason(state)}"
         )
 
     retrying = Retrying(

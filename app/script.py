@@ -3,7 +3,13 @@
 The job sends init.sql one statement at a time so that a failure can be pinned to a
 line of the file: the server reports positions relative to the statement it ran, and
 PL/pgSQL errors by line of the DO body. A small lexer is enough to split PostgreSQL
-text (quotes, dollar quotes, comments); it adds nothing to start-up time.
+text as psql does (quotes, dollar quotes, comments, parentheses, and the BEGIN ATOMIC
+bodies of SQL-standard functions); it adds nothing to start-up time.
+
+The whole file runs inside the job's one transaction, under its lock. A statement
+that would end that transaction, or that PostgreSQL refuses to run inside one, is
+refused while loading, before any connection, as is a psql meta-command: psql would
+run it, the server would not.
 """
 
 from __future__ import annotations
@@ -16,7 +22,34 @@ from app.errors import ConfigError
 
 SETTING = "INIT_SQL"
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$")
+_IDENTIFIER = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*")
 _PLPGSQL_LINE = re.compile(r"PL/pgSQL function inline_code_block line (\d+)")
+
+# Leading words of statements that end or escape the job's transaction, and of those
+# PostgreSQL will not run inside a transaction block.
+_ENDS_TRANSACTION = (
+    ("begin",),
+    ("start", "transaction"),
+    ("commit",),
+    ("end",),
+    ("abort",),
+    ("prepare", "transaction"),
+)
+_NOT_IN_TRANSACTION = (
+    ("vacuum",),
+    ("create", "database"),
+    ("drop", "database"),
+    ("create", "tablespace"),
+    ("drop", "tablespace"),
+    ("alter", "system"),
+    ("discard", "all"),
+    ("reindex", "system"),
+    ("reindex", "database"),
+    ("create", "subscription"),
+    ("drop", "subscription"),
+)
+# CREATE INDEX, DROP INDEX, REINDEX and DETACH PARTITION ... CONCURRENTLY.
+_CONCURRENT_KINDS = frozenset({"create", "drop", "reindex", "alter"})
 
 
 @dataclass(frozen=True)
@@ -24,6 +57,7 @@ class Statement:
     text: str
     line: int  # line of the file where the statement starts
     body_line: int | None  # line where its first dollar-quoted body starts, if any
+    words: tuple[str, ...] = ()  # its keywords and identifiers, lower case, in order
 
     def line_of(self, position: int) -> int:
         """File line of a 1-based character position within the statement."""
@@ -45,6 +79,16 @@ class Script:
                 # The outermost frame is the DO block itself: the last one listed.
                 return statement.body_line + int(lines[-1]) - 1
         return statement.line
+
+
+@dataclass
+class _Span:
+    start: int
+    end: int = 0
+    body: int | None = None  # offset of the first dollar-quoted body
+    code: int | None = None  # offset of the first character that is not a comment
+    words: tuple[str, ...] = ()
+    meta: int | None = None  # offset of a psql meta-command (a backslash outside quotes)
 
 
 def _skip_quoted(text: str, i: int, quote: str, backslashes: bool) -> int:
@@ -78,64 +122,133 @@ def _skip_block_comment(text: str, i: int) -> int:
     raise ValueError("unterminated /* comment")
 
 
-def split(text: str) -> list[tuple[int, int, int | None]]:
-    """(start, end, first dollar body offset) of each statement, by character offset."""
-    spans: list[tuple[int, int, int | None]] = []
-    start, i, body = 0, 0, None
+def _in_function_definition(words: list[str]) -> bool:
+    # psql's rule: the statement starts CREATE [OR REPLACE] {FUNCTION|PROCEDURE}.
+    head = words[:4]
+    return head[:1] == ["create"] and (
+        head[1:2] in (["function"], ["procedure"])
+        or (head[1:3] == ["or", "replace"] and head[3:4] in (["function"], ["procedure"]))
+    )
+
+
+def _skip_comment(text: str, i: int) -> int | None:
+    """Index past the comment or white space at i; None if there is none."""
+    if text.startswith("--", i):
+        newline = text.find("\n", i)
+        return len(text) if newline < 0 else newline + 1
+    if text.startswith("/*", i):
+        return _skip_block_comment(text, i)
+    return i + 1 if text[i].isspace() else None
+
+
+def _skip_literal(text: str, i: int) -> tuple[int, int | None] | None:
+    """(index past it, offset of its body if dollar-quoted) for a quoted literal or
+    identifier at i; None if there is none."""
+    ch = text[i]
+    if ch == "'":
+        escaped = i > 0 and text[i - 1] in "eE" and not (text[i - 2 : i - 1].isalnum())
+        return _skip_quoted(text, i, "'", escaped), None
+    if ch == '"':
+        return _skip_quoted(text, i, '"', False), None
+    if ch == "$" and (tag := _DOLLAR_TAG.match(text, i)) and not _in_word(text, i):
+        close = text.find(tag.group(), tag.end())
+        if close < 0:
+            raise ValueError(f"unterminated dollar quote {tag.group()}")
+        return close + len(tag.group()), tag.end()
+    return None
+
+
+def _atomic_depth(words: list[str], depth: int) -> int:
+    """BEGIN ATOMIC ... END nesting after the word just added to `words`."""
+    if not _in_function_definition(words):
+        return depth
+    word = words[-1]
+    if word == "begin" or (word == "case" and depth):  # CASE ... END inside a body
+        return depth + 1
+    if word == "end" and depth:
+        return depth - 1
+    return depth
+
+
+def split(text: str) -> list[_Span]:
+    """The statements of `text`, by character offset, split where psql splits them."""
+    spans: list[_Span] = []
+    span, words = _Span(0), []
+    parens = depth = 0
+    i = 0
     while i < len(text):
+        skipped = _skip_comment(text, i)
+        if skipped is not None:
+            i = skipped
+            continue
+        if span.code is None:
+            span.code = i
+        literal = _skip_literal(text, i)
         ch = text[i]
-        if ch == "-" and text.startswith("--", i):
-            newline = text.find("\n", i)
-            i = len(text) if newline < 0 else newline + 1
-        elif ch == "/" and text.startswith("/*", i):
-            i = _skip_block_comment(text, i)
-        elif ch == "'":
-            escaped = i > 0 and text[i - 1] in "eE" and not (text[i - 2 : i - 1].isalnum())
-            i = _skip_quoted(text, i, "'", escaped)
-        elif ch == '"':
-            i = _skip_quoted(text, i, '"', False)
-        elif ch == "$" and (tag := _DOLLAR_TAG.match(text, i)) and not _in_word(text, i):
-            close = text.find(tag.group(), tag.end())
-            if close < 0:
-                raise ValueError(f"unterminated dollar quote {tag.group()}")
-            if body is None:
-                body = tag.end()
-            i = close + len(tag.group())
-        elif ch == ";":
-            spans.append((start, i + 1, body))
-            start, i, body = i + 1, i + 1, None
+        if literal is not None:
+            i, body = literal
+            span.body = span.body if span.body is not None else body
+        elif ch == "\\":
+            span.meta = i if span.meta is None else span.meta
+            i += 1
+        elif (word := _IDENTIFIER.match(text, i)) and not _in_word(text, i):
+            words.append(word.group().lower())
+            depth = _atomic_depth(words, depth) if parens == 0 else depth
+            i = word.end()
+        elif ch in "()":
+            parens = max(parens + (1 if ch == "(" else -1), 0)
+            i += 1
+        elif ch == ";" and parens == 0 and depth == 0:
+            span.end, span.words = i + 1, tuple(words)
+            spans.append(span)
+            span, words = _Span(i + 1), []
+            i += 1
         else:
             i += 1
-    spans.append((start, len(text), body))
+    span.end, span.words = len(text), tuple(words)
+    spans.append(span)
     return spans
 
 
 def _in_word(text: str, i: int) -> bool:
     # `$1`-style parameters and identifiers containing `$` are not dollar quotes.
-    return i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_")
+    return i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_$")
 
 
-def _has_code(fragment: str) -> bool:
-    try:
-        return any(text.strip() for text in _strip_comments(fragment))
-    except ValueError:
-        return True
+def _escape(words: tuple[str, ...]) -> str | None:
+    """What, in a statement with these leading words, cannot run inside the job's
+    transaction; None when it can."""
+    if words[:2] in (("commit", "prepared"), ("rollback", "prepared")):
+        return " ".join(words[:2]).upper()
+    if words[:1] == ("rollback",) and words[1:2] != ("to",):  # ROLLBACK TO stays inside
+        return "ROLLBACK"
+    leads = [lead for lead in _ENDS_TRANSACTION + _NOT_IN_TRANSACTION if words[: len(lead)] == lead]
+    if leads:
+        return " ".join(leads[0]).upper()
+    if words[:1] and words[0] in _CONCURRENT_KINDS and "concurrently" in words:
+        return f"{words[0].upper()} ... CONCURRENTLY"
+    return "CLUSTER" if words == ("cluster",) else None
 
 
-def _strip_comments(fragment: str) -> list[str]:
-    parts, i, last = [], 0, 0
-    while i < len(fragment):
-        if fragment.startswith("--", i):
-            parts.append(fragment[last:i])
-            newline = fragment.find("\n", i)
-            i = last = len(fragment) if newline < 0 else newline + 1
-        elif fragment.startswith("/*", i):
-            parts.append(fragment[last:i])
-            i = last = _skip_block_comment(fragment, i)
-        else:
-            i += 1
-    parts.append(fragment[last:])
-    return parts
+def _check(path: Path, text: str, spans: list[_Span], statements: list[Statement]) -> None:
+    for span in spans:
+        if span.meta is not None:
+            line = text.count("\n", 0, span.meta) + 1
+            command = text[span.meta :].split(None, 1)[0] if text[span.meta :].strip() else "\\"
+            raise ConfigError(
+                SETTING,
+                f"{path}:{line}: {command} is a psql meta-command: the job sends SQL to the "
+                "server, which has no such command; use plain SQL",
+            )
+    for statement in statements:
+        what = _escape(statement.words)
+        if what is not None:
+            raise ConfigError(
+                SETTING,
+                f"{path}:{statement.line}: {what} cannot run in init.sql: the job runs the "
+                "whole file in one transaction under its lock, and this statement would "
+                "end that transaction or cannot run inside one",
+            )
 
 
 def parse(path: Path, text: str) -> Script:
@@ -144,19 +257,18 @@ def parse(path: Path, text: str) -> Script:
     except ValueError as exc:
         raise ConfigError(SETTING, f"{path}: {exc}") from None
     statements = []
-    for start, end, body in spans:
-        fragment = text[start:end]
-        if not _has_code(fragment.rstrip(";")):
-            continue
-        lead = len(fragment) - len(fragment.lstrip())
-        begin = start + lead
+    for span in spans:
+        if span.code is None or text[span.code : span.end].strip() == ";":
+            continue  # only comments and white space
         statements.append(
             Statement(
-                text=text[begin:end],
-                line=text.count("\n", 0, begin) + 1,
-                body_line=None if body is None else text.count("\n", 0, body) + 1,
+                text=text[span.code : span.end],
+                line=text.count("\n", 0, span.code) + 1,
+                body_line=None if span.body is None else text.count("\n", 0, span.body) + 1,
+                words=span.words,
             )
         )
+    _check(path, text, spans, statements)
     return Script(path=path, statements=tuple(statements))
 
 

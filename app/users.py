@@ -15,6 +15,8 @@ NAME_RULE = (
     "(lowercase letters, digits and underscores, at most 63 characters)"
 )
 RESERVED_USER_PREFIXES = ("pg_", "rds_")
+# Names PostgreSQL refuses as role names (or reads as something else in GRANT).
+RESERVED_NAMES = frozenset({"public", "none", "current_user", "current_role", "session_user"})
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,8 @@ def _check_user(position: int, entry: object, name: object) -> str:
         raise _fail(position, entry, "user name must be a string")
     if not NAME_RE.fullmatch(name):
         raise _fail(position, entry, f"user name {_show(name)} {NAME_RULE}")
-    if name == "public":
-        raise _fail(position, entry, "'public' is not a role and cannot be a user")
+    if name in RESERVED_NAMES:
+        raise _fail(position, entry, f"{name!r} is reserved by PostgreSQL and cannot be a user")
     if name.startswith(RESERVED_USER_PREFIXES):
         raise _fail(position, entry, "user names starting with pg_ or rds_ are reserved")
     return name
@@ -56,8 +58,10 @@ def _check_roles(position: int, entry: object, user: str, roles: object) -> tupl
             raise _fail(position, entry, "role names must be strings")
         if not NAME_RE.fullmatch(role):
             raise _fail(position, entry, f"role name {_show(role)} {NAME_RULE}")
-        if role == "public":
-            raise _fail(position, entry, "'public' cannot be granted")
+        if role in RESERVED_NAMES:
+            raise _fail(
+                position, entry, f"{role!r} is reserved by PostgreSQL; it cannot be granted"
+            )
         if role == user:
             raise _fail(position, entry, "a user cannot be granted to itself")
         if role in seen:
@@ -113,7 +117,33 @@ def parse(raw: str) -> tuple[IamUser, ...]:
             raise _fail(position, entry, f"user {user!r} is listed twice")
         seen.add(user)
         users.append(IamUser(user, _check_roles(position, entry, user, roles)))
+    _check_cycles(users, [entry for entry, _, _ in entries])
     return tuple(users)
+
+
+def _check_cycles(users: list[IamUser], entries: list[object]) -> None:
+    """Memberships among listed users must not loop: PostgreSQL refuses the GRANT that
+    would close the loop, after the rest of the run was spent."""
+    position = {user.name: i for i, user in enumerate(users)}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            loop = [*path[path.index(name) :], name]
+            first = position[loop[0]]
+            raise _fail(
+                first + 1,
+                entries[first],
+                f"memberships form a cycle: {' -> '.join(loop)} (each is a member of the next)",
+            )
+        if name in done or name not in position:
+            return
+        for role in users[position[name]].roles:
+            visit(role, [*path, name])
+        done.add(name)
+
+    for user in users:
+        visit(user.name, [])
 
 
 def check_master(users: tuple[IamUser, ...], master: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from app import catalog, connect, log
-from app.credentials import MasterLogin
+from app.login import MasterLogin
 from app.settings import Settings
 from app.users import IamUser
 
@@ -30,15 +30,16 @@ FROM jsonb_to_recordset(%s::jsonb) AS u(name text)
 LEFT JOIN pg_roles p ON p.rolname = u.name
 ORDER BY 1
 """
-# Managed users no longer listed that can still log in, or still hold rds_iam.
-_UNLISTED = """
+# Managed users no longer listed that can still log in, or still hold rds_iam. Group
+# roles are not users: one given LOGIN by hand is none of verify's business.
+_UNLISTED = f"""
 SELECT p.rolname, p.rolcanlogin,
        EXISTS (SELECT FROM pg_auth_members a
                WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole)
 FROM pg_roles p
-WHERE (SELECT d.description FROM pg_shdescription d
-       WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass) ~ %s
-  AND p.rolname <> ALL (%s)
+WHERE {catalog.MANAGED_USER}
+  AND p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset(
+        current_setting('bootstrap.iam_users')::jsonb) AS u(name text))
   AND (p.rolcanlogin OR EXISTS (SELECT FROM pg_auth_members a
                                 WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole))
 ORDER BY 1
@@ -46,16 +47,24 @@ ORDER BY 1
 # New IAM connections are throttled around 200 per second per cluster: stay far below.
 CONNECTS_PER_SECOND = 20
 
-Finding = dict[str, object]
+Finding = catalog.Finding
 
 
-def findings(conn: psycopg.Connection[Any], users: tuple[IamUser, ...]) -> list[Finding]:
+def findings(
+    conn: psycopg.Connection[Any], users: tuple[IamUser, ...], master: str
+) -> list[Finding]:
     """Drift between the catalog and `users`, read in one read-only transaction."""
     listed = json.dumps([u.as_json() for u in users])
     wanted = {u.name: u for u in users}
     found: list[Finding] = []
     conn.read_only = True
     with conn.transaction(), conn.cursor() as cur:
+        # The inputs init.sql would read, for the queries that share its rules.
+        cur.execute(
+            "SELECT set_config('bootstrap.iam_users', %s, true),"
+            " set_config('bootstrap.master_user', %s, true)",
+            (listed, master),
+        )
         cur.execute(_LISTED, (listed,))
         for name, exists, login, comment, member_of in cur.fetchall():
             if not exists:
@@ -70,7 +79,7 @@ def findings(conn: psycopg.Connection[Any], users: tuple[IamUser, ...]) -> list[
                     found.append({"role": name, "problem": "not_in_role", "group": group})
             if not catalog.is_managed(comment):
                 found.append({"role": name, "problem": "no_marker"})
-        cur.execute(_UNLISTED, (catalog.MARKER_RE, list(wanted)))
+        cur.execute(_UNLISTED)
         for name, login, in_rds_iam in cur.fetchall():
             found.append(
                 {"role": name, "problem": "unlisted", "login": login, "rds_iam": in_rds_iam}

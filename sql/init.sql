@@ -13,10 +13,13 @@
 --                set_config('bootstrap.prune', 'false', true)" \
 --     -f sql/init.sql
 --
--- Every role this script creates or provisions carries the comment
--- 'managed by aurora-bootstrap'; verify and prune only ever touch roles with it. On
--- users it is followed by {"granted": [...]}: the listed roles this script granted
--- itself, the only ones it revokes when they are no longer listed.
+-- Every role this script creates or provisions carries a marker comment: users
+-- 'managed by aurora-bootstrap', followed by {"granted": [...]} (the listed roles this
+-- script granted itself, the only ones it revokes when they are no longer listed);
+-- group roles 'managed by aurora-bootstrap (group role)'. verify and prune only ever
+-- touch users with the marker. Earlier versions marked groups as users: such a group
+-- (named as a role by a listed user, or with a member other than the master user) is
+-- re-marked as a group.
 -- Names from the inputs reach SQL only through format('%I'). Comments are read with a
 -- correlated lookup in pg_shdescription: shobj_description() costs a query per call,
 -- and a join lets stale catalog statistics pick a plan quadratic in the users.
@@ -25,12 +28,18 @@
 -- Group roles: a starting point, to be edited to fit the application's schemas.
 DO $$
 DECLARE
+    group_marker CONSTANT text := 'managed by aurora-bootstrap (group role)';
     grp text;
 BEGIN
     FOREACH grp IN ARRAY ARRAY['app_readonly', 'app_readwrite'] LOOP
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = grp) THEN
             EXECUTE format('CREATE ROLE %I NOLOGIN', grp);
-            EXECUTE format('COMMENT ON ROLE %I IS %L', grp, 'managed by aurora-bootstrap');
+            EXECUTE format('COMMENT ON ROLE %I IS %L', grp, group_marker);
+        ELSIF (SELECT d.description FROM pg_shdescription d
+               WHERE d.objoid = grp::regrole AND d.classoid = 'pg_authid'::regclass)
+              = 'managed by aurora-bootstrap' THEN
+            -- Marked as a user by an earlier version.
+            EXECUTE format('COMMENT ON ROLE %I IS %L', grp, group_marker);
         END IF;
     END LOOP;
 END
@@ -85,11 +94,14 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO ap
 DO $$
 DECLARE
     marker CONSTANT text := 'managed by aurora-bootstrap';
+    group_marker CONSTANT text := 'managed by aurora-bootstrap (group role)';
     master CONSTANT text := current_setting('bootstrap.master_user');
+    master_oid CONSTANT oid := (SELECT oid FROM pg_roles WHERE rolname = master);
     listed jsonb := current_setting('bootstrap.iam_users')::jsonb;
     prune CONSTANT boolean := current_setting('bootstrap.prune')::boolean;
     pg16 CONSTANT boolean := current_setting('server_version_num')::int >= 160000;
     granted_now text[] := '{}';  -- 'user:role' for each listed role granted in this run
+    retired text[];  -- managed users no longer listed, when pruning
     r record;
 BEGIN
     IF jsonb_typeof(listed) IS DISTINCT FROM 'array' THEN
@@ -115,8 +127,57 @@ BEGIN
         ORDER BY 1
     LOOP
         EXECUTE format('CREATE ROLE %I NOLOGIN', r.role);
-        EXECUTE format('COMMENT ON ROLE %I IS %L', r.role, marker);
+        EXECUTE format('COMMENT ON ROLE %I IS %L', r.role, group_marker);
     END LOOP;
+
+    -- Groups an earlier version marked as users: named as a role by a listed user,
+    -- or with a member other than the master user (which, from PostgreSQL 16, is a
+    -- member of every role it created).
+    FOR r IN
+        SELECT p.rolname AS name
+        FROM pg_roles p
+        WHERE (SELECT d.description FROM pg_shdescription d
+               WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass) = marker
+          AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
+          AND (p.rolname IN (SELECT g FROM jsonb_to_recordset(listed) AS u(roles text[]),
+                                  unnest(coalesce(u.roles, '{}')) AS g)
+               OR EXISTS (SELECT FROM pg_auth_members a
+                          WHERE a.roleid = p.oid AND a.member <> master_oid))
+        ORDER BY 1
+    LOOP
+        EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, group_marker);
+    END LOOP;
+
+    -- From PostgreSQL 16 the master may only alter or comment on roles it holds ADMIN
+    -- OPTION on, as it does on those it created. A listed user made by another
+    -- administrator that needs either is named here with the fix, before anything
+    -- fails midway. The direct membership is looked up first: pg_has_role walks all
+    -- of the master's memberships.
+    IF pg16 THEN
+        FOR r IN
+            SELECT u.name
+            FROM jsonb_to_recordset(listed) AS u(name text)
+            JOIN pg_roles p ON p.rolname = u.name
+            WHERE (NOT p.rolcanlogin
+                   OR coalesce((SELECT d.description FROM pg_shdescription d
+                                WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass),
+                               '') !~ '^managed by aurora-bootstrap( \{.*\})?$')
+              AND NOT EXISTS (SELECT FROM pg_auth_members a
+                              WHERE a.roleid = p.oid AND a.member = master_oid AND a.admin_option)
+              AND NOT pg_has_role(master, p.oid, 'USAGE WITH ADMIN OPTION')
+            ORDER BY 1
+            LIMIT 1
+        LOOP
+            RAISE EXCEPTION 'the master user % cannot provision role %: it has no ADMIN OPTION on it',
+                master, r.name
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = format('From PostgreSQL 16 only a role holding ADMIN OPTION on %I '
+                                      'may alter it or comment on it; it was created by another '
+                                      'administrator.', r.name),
+                      HINT = format('As a superuser or as its creator: GRANT %I TO %I WITH ADMIN OPTION',
+                                    r.name, master);
+        END LOOP;
+    END IF;
 
     -- Users: create, or make sure they can log in. A new user gets its marker at
     -- once, naming the listed roles granted to it below: from PostgreSQL 16 each
@@ -233,19 +294,33 @@ BEGIN
     END LOOP;
 
     -- Prune: managed users no longer listed keep their objects (never dropped) but lose
-    -- LOGIN and rds_iam. From PostgreSQL 16 a membership belongs to its grantor, so
-    -- each rds_iam grant is revoked as the grantor recorded it.
+    -- LOGIN and rds_iam. Group roles are not users: one given LOGIN by hand stays. From
+    -- PostgreSQL 16 a membership belongs to its grantor, so each rds_iam grant is
+    -- revoked as the grantor recorded it; one the master cannot act for (another
+    -- administrator's) stays, and the job reports it.
     IF prune THEN
+        retired := ARRAY(
+            SELECT p.rolname
+            FROM pg_roles p
+            WHERE (SELECT d.description FROM pg_shdescription d
+                   WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
+                  ~ '^managed by aurora-bootstrap( \{.*\})?$'
+              AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
+              AND p.rolname NOT IN (master, session_user, current_user)
+              AND NOT ((SELECT d.description FROM pg_shdescription d
+                        WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass) = marker
+                       AND (p.rolname IN (SELECT g FROM jsonb_to_recordset(listed) AS u(roles text[]),
+                                               unnest(coalesce(u.roles, '{}')) AS g)
+                            OR EXISTS (SELECT FROM pg_auth_members a
+                                       WHERE a.roleid = p.oid AND a.member <> master_oid))));
         FOR r IN
             SELECT gr.rolname AS grantor,
                    string_agg(format('%I', p.rolname), ', ' ORDER BY p.rolname) AS names
             FROM pg_roles p
             JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = 'rds_iam'::regrole
             JOIN pg_roles gr ON gr.oid = a.grantor
-            WHERE (SELECT d.description FROM pg_shdescription d
-                   WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
-                  ~ '^managed by aurora-bootstrap( |$)'
-              AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
+            WHERE p.rolname = ANY (retired)
+              AND (NOT pg16 OR pg_has_role(current_user, a.grantor, 'USAGE'))
             GROUP BY gr.rolname
             ORDER BY 1
         LOOP
@@ -258,12 +333,7 @@ BEGIN
         FOR r IN
             SELECT p.rolname AS name
             FROM pg_roles p
-            WHERE p.rolcanlogin
-              AND (SELECT d.description FROM pg_shdescription d
-                   WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
-                  ~ '^managed by aurora-bootstrap( |$)'
-              AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
-              AND p.rolname NOT IN (master, session_user, current_user)
+            WHERE p.rolcanlogin AND p.rolname = ANY (retired)
             ORDER BY 1
         LOOP
             EXECUTE format('ALTER ROLE %I WITH NOLOGIN', r.name);

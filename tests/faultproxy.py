@@ -5,7 +5,15 @@
 - cut_on(marker): the first connection whose client sends `marker` is cut right
   there, both ways (a network fault mid-transaction); later connections pass. It
   reads the client's bytes, so it needs a server without TLS;
-- delay(seconds): every chunk, both ways, waits that long first.
+- delay(seconds): every chunk, both ways, waits that long first;
+- drop_reply_to(marker): the first client chunk holding `marker` reaches the server,
+  and the server's reply to it is thrown away as both sides are closed (a COMMIT
+  whose answer is lost);
+- cut_handshakes(n): the first n connections are closed on the client's second chunk,
+  which under TLS is the ClientHello (a server failing over mid-handshake);
+- freeze_on(marker, hook): on the first client chunk holding `marker`, forwarding
+  stops both ways while every socket stays open, and hook(client_port) is called, so
+  that a test can make that connection silent in the kernel (packets dropped).
 
 It runs an asyncio loop in a thread of the test process and binds only 127.0.0.1.
 """
@@ -16,7 +24,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from tools.localpg import free_port
 
@@ -29,6 +38,13 @@ class Faults:
     cuts: int = 0  # connections cut so far
     delay: float = 0.0
     connections: int = 0
+    drop_reply_marker: bytes | None = None
+    replies_dropped: int = 0
+    handshake_cuts_left: int = 0
+    handshake_cuts: int = 0
+    freeze_marker: bytes | None = None
+    freeze_hook: Callable[[int], None] | None = None
+    frozen_ports: list[int] = field(default_factory=list)
 
 
 class FaultProxy:
@@ -74,6 +90,16 @@ class FaultProxy:
     def delay(self, seconds: float) -> None:
         self.faults.delay = seconds
 
+    def drop_reply_to(self, marker: bytes) -> None:
+        self.faults.drop_reply_marker = marker
+
+    def cut_handshakes(self, count: int) -> None:
+        self.faults.handshake_cuts_left = count
+
+    def freeze_on(self, marker: bytes, hook: Callable[[int], None]) -> None:
+        self.faults.freeze_marker = marker
+        self.faults.freeze_hook = hook
+
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.faults.connections += 1
         try:
@@ -82,34 +108,72 @@ class FaultProxy:
             client_w.close()
             return
         done = asyncio.Event()
+        frozen = asyncio.Event()
+        reply_doomed = asyncio.Event()  # the next server chunk is thrown away
+        cut_handshake = self.faults.handshake_cuts_left > 0
+        if cut_handshake:
+            self.faults.handshake_cuts_left -= 1
+        client_port = int(client_w.get_extra_info("peername")[1])
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, inspect: bool) -> None:
+        def close_both() -> None:
+            done.set()
+            for writer in (client_w, server_w):
+                with contextlib.suppress(Exception):
+                    writer.close()
+
+        def seen_in(seen: bytes, marker: bytes | None) -> bool:
+            return marker is not None and marker in seen
+
+        # One loop per direction that applies each fault in turn, in the order a
+        # chunk meets them.
+        async def pump(  # noqa: PLR0912
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, inspect: bool
+        ) -> None:
             seen = b""
+            chunks = 0
             try:
                 while not done.is_set():
                     chunk = await src.read(65536)
                     if not chunk:
                         break
+                    chunks += 1
                     if self.faults.delay:
                         await asyncio.sleep(self.faults.delay)
-                    marker = self.faults.cut_marker
-                    if inspect and marker is not None:
-                        seen = (seen + chunk)[-(len(marker) + 65536) :]
-                        if marker in seen:
+                    if frozen.is_set():
+                        continue
+                    if not inspect and reply_doomed.is_set():
+                        self.faults.replies_dropped += 1
+                        break
+                    if inspect:
+                        if cut_handshake and chunks == 2:
+                            self.faults.handshake_cuts += 1
+                            break
+                        seen = (seen + chunk)[-65536:]
+                        if seen_in(seen, self.faults.cut_marker):
                             self.faults.cut_marker = None  # only the first time
                             self.faults.cuts += 1
                             if self.faults.refuse_after_cut:
                                 await self._close()
                             break
+                        if seen_in(seen, self.faults.freeze_marker):
+                            self.faults.freeze_marker = None
+                            frozen.set()
+                            self.faults.frozen_ports.append(client_port)
+                            if self.faults.freeze_hook is not None:
+                                self.faults.freeze_hook(client_port)
+                            continue
+                        if seen_in(seen, self.faults.drop_reply_marker):
+                            self.faults.drop_reply_marker = None
+                            reply_doomed.set()
                     dst.write(chunk)
                     await dst.drain()
+                if frozen.is_set():
+                    # Silent, not closed: the peers must find out by themselves.
+                    await done.wait()
             except (ConnectionError, OSError):
                 pass
             finally:
-                done.set()
-                for writer in (client_w, server_w):
-                    with contextlib.suppress(Exception):
-                        writer.close()
+                close_both()
 
         await asyncio.gather(
             pump(client_r, server_w, inspect=True), pump(server_r, client_w, inspect=False)

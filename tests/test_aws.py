@@ -377,18 +377,44 @@ def test_cluster_that_is_still_busy_is_waited_for(
     assert aws.state.calls.count(("rds", "DescribeDBClusters")) == 4
 
 
+@pytest.mark.parametrize(
+    "status", ["failing-over", "backtracking", "update-iam-db-auth", "a-state-added-later"]
+)
+def test_cluster_in_a_passing_state_is_waited_for(
+    pg: localpg.LocalPostgres, aws: awsemu.Emulator, status: str
+) -> None:
+    """A failover (and any state botocore's waiter does not give up on) passes by
+    itself: the proxy reports the first two describes in that state."""
+    make_cluster(aws, pg)
+    answers = iter([status] * 2)
+
+    def passing(service: str, operation: str, body: bytes) -> bytes:
+        state = next(answers, None) if operation == "DescribeDBClusters" else None
+        if state is None:
+            return body
+        return body.replace(b"<Status>available</Status>", f"<Status>{state}</Status>".encode())
+
+    aws.state.rewrites.append(passing)
+    env = aws_env(pg, aws, DB_CLUSTER_ID="app-cluster", DB_HOST="127.0.0.1", DB_PORT=str(pg.port))
+    run = run_job(env, "plan")
+    assert run.code == 0, run
+    retries = [e["reason"] for e in run.logs if e["event"] == "retry"]
+    assert retries == [f"NotReady: cluster app-cluster is {status}"] * 2
+
+
+@pytest.mark.parametrize("status", ["stopped", "deleting", "failed", "incompatible-parameters"])
 def test_cluster_that_will_not_come_up_exits_3(
-    pg: localpg.LocalPostgres, aws: awsemu.Emulator
+    pg: localpg.LocalPostgres, aws: awsemu.Emulator, status: str
 ) -> None:
     make_cluster(aws, pg)
     aws.state.rewrites.append(
         lambda service, operation, body: body.replace(
-            b"<Status>available</Status>", b"<Status>stopped</Status>"
+            b"<Status>available</Status>", f"<Status>{status}</Status>".encode()
         )
     )
     run = run_job(aws_env(pg, aws, DB_CLUSTER_ID="app-cluster"))
     assert run.code == 3, run
-    assert "app-cluster is stopped" in run.result["error"]["message"]
+    assert f"app-cluster is {status}" in run.result["error"]["message"]
 
 
 def test_password_from_env_with_user_and_endpoint_from_the_cluster(

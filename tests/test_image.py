@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from app.apply import LOCK_KEY
 from tests.conftest import IN_CI, OUTPUTS, catalog, members_of, role
 from tools import localpg
 
@@ -56,26 +57,26 @@ def docker(
     return done
 
 
-def run_image(
+def image_run_args(
     pg: localpg.LocalPostgres, *command: str, **settings: str
-) -> subprocess.CompletedProcess[str]:
+) -> tuple[list[str], dict[str, str]]:
+    """`docker run` arguments for the job against `pg`, and the environment that
+    carries the settings."""
     image = _need_engine()
     assert pg.tls is not None
     env = {**pg.job_env(), "DB_SSLROOTCERT": "/run/ca.pem", "LOG_FORMAT": "json", **settings}
     # Values reach the container from this process's environment (`-e NAME`), so the
     # password is never on a command line.
     names = [arg for key in env for arg in ("-e", key)]
-    return docker(
-        "run",
-        "--rm",
-        "--network=host",
-        "-v",
-        f"{pg.tls.ca_pem}:/run/ca.pem:ro",
-        *names,
-        image,
-        *command,
-        env=env,
-    )
+    args = ["run", "--rm", "--network=host", "-v", f"{pg.tls.ca_pem}:/run/ca.pem:ro"]
+    return [*args, *names, image, *command], env
+
+
+def run_image(
+    pg: localpg.LocalPostgres, *command: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    args, env = image_run_args(pg, *command, **settings)
+    return docker(*args, env=env)
 
 
 def result(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
@@ -170,3 +171,34 @@ def test_compose_runs_the_bootstrap_service(pg15: localpg.LocalPostgres) -> None
     plan = _compose("run", "--rm", "--no-deps", "-T", "bootstrap", "plan", env=_ci_env(pg15))
     assert plan.returncode == 0, plan.stderr
     assert result(plan)["changes"] == []
+
+
+def test_image_stops_on_sigterm_with_its_result_line(pg15: localpg.LocalPostgres) -> None:
+    """As ECS stops a task: SIGTERM to PID 1, SIGKILL (137) after the stop timeout. The
+    job, waiting for a held lock, rolls back, reports and exits 143 well before."""
+    name = f"aurora-bootstrap-stop-{os.getpid()}"
+    args, env = image_run_args(pg15, IAM_USERS="stop_user", DEADLINE_SECONDS="120")
+    args.insert(1, f"--name={name}")
+    with pg15.master_connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        job = subprocess.Popen(
+            ["docker", *args],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert job.stderr is not None
+        for line in job.stderr:
+            OUTPUTS.append(line)
+            if '"lock_wait"' in line:
+                break
+        stopped = docker("stop", "--time", "20", name)
+        stdout, stderr = job.communicate(timeout=60)
+        OUTPUTS.extend((stdout, stderr))
+        holder.execute("SELECT pg_advisory_unlock_all()")
+    assert stopped.returncode == 0, stopped.stderr
+    assert job.returncode == 143, stdout + stderr
+    last = json.loads(stdout.strip().splitlines()[-1])
+    assert last["error"]["type"] == "interrupted" and "SIGTERM" in last["error"]["message"]
+    assert role(catalog(pg15), "stop_user") is None

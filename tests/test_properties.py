@@ -76,13 +76,9 @@ def test_accepted_names_round_trip_into_the_catalog_exactly(
     users = parse(as_comma_list(pairs))
     program = script.load(default_init_sql())
     with pg18.master_connect() as conn:
-        apply.transaction(
-            conn,
-            program,
-            apply.Inputs(users, localpg.MASTER_USER, False),
-            Deadline(60),
-            commit=True,
-        )
+        apply.Attempts(
+            program, apply.Inputs(users, localpg.MASTER_USER, False), Deadline(60), commit=True
+        )(conn)
     state = read_catalog(pg18)
     for n, roles in pairs:
         found = role(state, n)

@@ -79,7 +79,8 @@ def test_split_respects_quotes_comments_and_dollar_quotes() -> None:
     assert "E'\\';'" in texts[2]
     assert texts[3].startswith("SELECT $$;$$")
     assert len(texts) == 4
-    assert [s.line for s in parsed.statements] == [1, 4, 9, 10]
+    # A statement starts where its code does, not at the comment above it.
+    assert [s.line for s in parsed.statements] == [2, 4, 9, 10]
     assert parsed.statements[1].body_line == 4
 
 
@@ -107,3 +108,27 @@ def test_retried_aws_error_codes_keep_in_step_with_botocore() -> None:
     transient = set(standard.TransientRetryableChecker._TRANSIENT_ERROR_CODES)  # type: ignore[attr-defined]
     assert throttled == aws.THROTTLING_CODES
     assert transient == aws.TRANSIENT_CODES
+
+
+def test_sql_standard_bodies_split_as_psql_splits_them() -> None:
+    text = (
+        "CREATE OR REPLACE FUNCTION f(a int) RETURNS int LANGUAGE sql\n"
+        "BEGIN ATOMIC\n  SELECT CASE WHEN a > 0 THEN 1 ELSE 2 END;\n  SELECT (a; \n);\nEND;\n"
+        "SELECT 'end';\nCREATE TABLE t (begin_at int);\nSELECT 1;\n"
+    )
+    statements = script.parse(Path("init.sql"), text).statements
+    assert [s.line for s in statements] == [1, 7, 8, 9]
+    assert statements[0].text.endswith("END;")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ROLLBACK TO SAVEPOINT s;",
+        "SAVEPOINT s;",
+        "SELECT 'commit';",
+        "REFRESH MATERIALIZED VIEW v;",
+    ],
+)
+def test_statements_that_stay_inside_the_transaction_are_accepted(text: str) -> None:
+    assert script.parse(Path("init.sql"), text).statements
