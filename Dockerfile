@@ -7,6 +7,8 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# Found and removed by `docker image prune --filter label=aurora-bootstrap.stage=build`.
+LABEL aurora-bootstrap.stage=build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements.lock /tmp/requirements.lock
 COPY wheels/ /tmp/wheels/
@@ -18,6 +20,7 @@ RUN python3 -m venv /opt/aurora-bootstrap \
  && /opt/aurora-bootstrap/bin/python -m compileall -q -j 0 /opt/aurora-bootstrap/lib
 
 FROM ${BASE_IMAGE}
+# Any .pem under certs/ can be the bundle: --build-arg RDS_CA_BUNDLE=certs/NAME.pem
 ARG RDS_CA_BUNDLE=certs/rds-global-bundle.pem
 COPY --from=build /opt/aurora-bootstrap /opt/aurora-bootstrap
 COPY ${RDS_CA_BUNDLE} /etc/aurora-bootstrap/rds-global-bundle.pem

@@ -5,19 +5,24 @@ BIN    := $(VENV)/bin
 CMD    ?= apply
 BASE_IMAGE ?= python:3.11-slim-bookworm
 IMAGE  ?= aurora-bootstrap:local
-COMPOSE ?= docker compose
+# Compose v2 (`docker compose`) where the plugin is installed, else v1 (`docker-compose`).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+BENCH_OUT ?= bench/out/results.md
 ARCH   := $(shell uname -m)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run db-stop test lint format clean wheels image compose-up compose-run bench
+.PHONY: help install system-deps run db-stop test lint format clean wheels image image-prune compose-up compose-run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@echo "Variables: CMD=$(CMD) IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) COMPOSE='$(COMPOSE)' BENCH_SIZES=$(BENCH_SIZES) BENCH_OUT=$(BENCH_OUT)"
 
+# Everything make itself prints goes to stderr: stdout carries only what the job prints.
 $(BIN)/aurora-bootstrap: requirements-dev.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@echo "make: building $(VENV) from requirements-dev.lock" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements-dev.lock >&2
+	@$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >&2
 	@touch $@
 
 install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app in it
@@ -31,8 +36,9 @@ system-deps: ## Debian's PostgreSQL 15 (with TLS) and iptables for the tests, if
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	else echo "missing:$$missing (apt-get install$$missing); their tests are skipped"; fi
 
-run: install ## run the job ($(CMD)) against a local PostgreSQL with Aurora's roles
-	$(BIN)/python -m tools.localdb run $(CMD)
+run: install ## run the job (CMD=plan, verify, ...; apply by default) against a local PostgreSQL
+	@$(BIN)/python -m tools.localdb run $(CMD) || { code=$$?; \
+		echo "make: the job exited with $$code (make itself exits 2)" >&2; exit $$code; }
 
 db-stop: ## stop the local PostgreSQL that `make run` started
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb stop
@@ -62,18 +68,21 @@ certs/rds-global-bundle.pem:
 	curl -fsSL -o $@ https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
 image: wheels certs/rds-global-bundle.pem ## build the image (BASE_IMAGE=..., IMAGE=...)
-	docker build --network=none --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
-	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes'
+	docker build --network=none --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . >&2
+	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes' >&2
+
+image-prune: ## remove what image builds leave behind (the labelled build stage, ~200 MB)
+	docker image prune --force --filter label=aurora-bootstrap.stage=build
 
 compose-up: image ## start the local stack's database (PostgreSQL 17 with Aurora's roles)
 	$(COMPOSE) up -d --wait db
 
-compose-run: image ## run the job in the local stack: make compose-run CMD=plan
-	$(COMPOSE) run --rm bootstrap $(CMD)
+compose-run: image ## run the job in the local stack (CMD=plan, ...)
+	@$(COMPOSE) run --rm bootstrap $(CMD)
 
 BENCH_SIZES ?= 10,1000
-bench: install ## measure the job against psql and the import floor: bench/RESULTS.md
-	$(BIN)/python -m bench.bench --sizes $(BENCH_SIZES)
+bench: install ## measure the job against psql and the import floor, into BENCH_OUT
+	$(BIN)/python -m bench.bench --sizes $(BENCH_SIZES) --out $(BENCH_OUT)
 
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove

@@ -341,12 +341,13 @@ def resolve_login(settings: Settings, deadline: Deadline) -> MasterLogin:
 
 def auth_token(settings: Settings, deadline: Deadline, user: str) -> str:
     """An IAM auth token for `user`, as `aws rds generate-db-auth-token` makes it."""
+    port, cluster_id = settings.db_port, settings.db_cluster_id
+    if settings.db_host is None and not cluster_id:
+        raise ConfigError("DB_HOST", "not set: set DB_HOST or DB_CLUSTER_ID")
     aws = Aws(deadline)
-    host, port = settings.db_host, settings.db_port
+    host = settings.db_host
     if host is None:
-        if not settings.db_cluster_id:
-            raise ConfigError("DB_HOST", "not set: set DB_HOST or DB_CLUSTER_ID")
-        cluster = aws.cluster(settings.db_cluster_id)
+        cluster = aws.cluster(cluster_id or "")
         host, port = cluster.endpoint, port or cluster.port
     return aws.auth_token(host, port or DEFAULT_PORT, user)
 

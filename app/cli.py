@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from app import interrupt, log
@@ -34,12 +35,35 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed package's version, as pip and the image know it."""
+    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415
+    from importlib.metadata import version as installed  # noqa: PLC0415
+
+    try:
+        return installed("aurora-bootstrap")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def docs() -> str:
+    """Where the full contract (settings, exit codes, output) can be read here."""
+    here = Path(__file__).resolve().parent
+    for readme in (here / "README.md", here.parent / "README.md"):
+        if readme.is_file():
+            return str(readme)
+    return "the README of the aurora-bootstrap package"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aurora-bootstrap",
-        description="Provision IAM database users on Aurora PostgreSQL. "
-        "Settings come from the environment (see README).",
+        usage="aurora-bootstrap [-h] [--version] [COMMAND] [ARGS ...]",
+        description="Provision IAM database users on Aurora PostgreSQL. Settings come "
+        "from the environment. No COMMAND means apply.",
+        epilog=f"Settings, exit codes and output are documented in {docs()}",
     )
+    parser.add_argument("--version", action="version", version=f"aurora-bootstrap {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -73,13 +97,15 @@ def _ecs_flags(parser: argparse.ArgumentParser) -> None:
     flag("--capacity-provider", help="instead of a launch type (ECS_CAPACITY_PROVIDER)")
     flag("--container", help="container to follow; default the essential one (ECS_CONTAINER)")
     flag("--deadline", type=float, help="seconds to wait in all (ECS_DEADLINE_SECONDS, 1800)")
-    flag("--poll-seconds", type=float, help="seconds between looks at the task (5)")
+    flag(
+        "--poll-seconds", type=float, help="seconds between looks at the task (ECS_POLL_SECONDS, 5)"
+    )
     flag(
         "--env",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="environment override for the container; repeatable",
+        help="environment override for the container; repeatable (no variable)",
     )
 
 
@@ -104,8 +130,11 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
 
     command = args.command or "apply"
     conf, deadline = _configure(started)
+    # Where to log in first, then how: every problem found here is reported at once.
+    problems = [p for p in (credentials.check(conf), connect.check(conf)) if p is not None]
+    if problems:
+        raise ConfigError.all_of(problems)
     program = script.load(conf.init_sql) if command != "verify" else None
-    connect.check(conf)
     login = credentials.resolve(conf, deadline)
     check_master(conf.iam_users, login.user)
     log.event(
@@ -264,6 +293,7 @@ def _verdict(command: str, fields: dict[str, Any]) -> Outcome[None]:
 def _result(command: str, started: float, run: Outcome[Any], fields: dict[str, Any]) -> Result:
     return Result(
         command=command,
+        version=version(),
         exit_code=run.exit_code,
         changes=fields.pop("changes", []),
         duration_ms=round((time.monotonic() - started) * 1000),

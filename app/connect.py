@@ -81,9 +81,13 @@ def sslrootcert(settings: Settings) -> str | None:
     return None
 
 
-def check(settings: Settings) -> None:
-    """Settings problems that can be found before any connection is tried."""
-    sslrootcert(settings)
+def check(settings: Settings) -> ConfigError | None:
+    """A TLS setting problem that can be found before any connection is tried."""
+    try:
+        sslrootcert(settings)
+    except ConfigError as exc:
+        return exc
+    return None
 
 
 def connect(

@@ -12,6 +12,23 @@ from app.retry import Deadline
 from app.settings import Settings
 
 
+def check(settings: Settings) -> ConfigError | None:
+    """The first thing a run needs: somewhere to log in. None when there is one."""
+    given = (
+        ("DB_HOST", settings.db_host),
+        ("DB_USER", settings.db_user),
+        ("DB_PASSWORD", settings.db_password),
+    )
+    missing = [name for name, value in given if value is None]
+    if not missing or settings.db_secret_arn or settings.db_cluster_id:
+        return None
+    return ConfigError(
+        missing[0],
+        f"not set ({', '.join(missing)} missing): set DB_HOST, DB_USER and DB_PASSWORD, "
+        "or DB_SECRET_ARN or DB_CLUSTER_ID to find them in AWS",
+    )
+
+
 def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
     """The master login, from the environment alone when it can be."""
     host, user, password = settings.db_host, settings.db_user, settings.db_password
@@ -24,17 +41,9 @@ def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
             password=password.get_secret_value(),
             source="env",
         )
-    if not (settings.db_secret_arn or settings.db_cluster_id):
-        missing = [
-            name
-            for name, value in (("DB_HOST", host), ("DB_USER", user), ("DB_PASSWORD", password))
-            if value is None
-        ]
-        raise ConfigError(
-            missing[0],
-            f"not set ({', '.join(missing)} missing): set DB_HOST, DB_USER and DB_PASSWORD, "
-            "or DB_SECRET_ARN or DB_CLUSTER_ID to find them in AWS",
-        )
+    missing = check(settings)
+    if missing is not None:
+        raise missing
     from app import aws  # noqa: PLC0415 (the AWS SDK loads only on this path)
 
     return aws.resolve_login(settings, deadline)

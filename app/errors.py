@@ -21,9 +21,20 @@ class ConfigError(BootstrapError):
     exit_code = 2
     kind = "config_error"
 
-    def __init__(self, setting: str, problem: str) -> None:
-        super().__init__(f"{setting}: {problem}")
+    def __init__(self, setting: str, problem: str, *also: ConfigError) -> None:
+        # `also`: further problems found in the same pass, reported together.
+        super().__init__("; ".join([f"{setting}: {problem}", *map(str, also)]))
         self.setting = setting
+
+    @classmethod
+    def all_of(cls, errors: list[ConfigError]) -> ConfigError:
+        """One error reporting every problem in `errors` (not empty), first first."""
+        first, *rest = errors
+        return first if not rest else cls(first.setting, first.problem, *rest)
+
+    @property
+    def problem(self) -> str:
+        return str(self).split("; ", 1)[0].removeprefix(f"{self.setting}: ")
 
 
 class AwsError(BootstrapError):

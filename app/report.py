@@ -14,6 +14,7 @@ from app import log
 @dataclass
 class Result:
     command: str
+    version: str = ""
     exit_code: int = 0
     changes: list[dict[str, object]] = field(default_factory=list)
     duration_ms: int = 0
@@ -28,6 +29,7 @@ class Result:
             "exit_code": self.exit_code,
             "changes": self.changes,
             "duration_ms": self.duration_ms,
+            "version": self.version,
         }
         body |= self.details
         if self.error is not None:

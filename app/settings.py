@@ -64,15 +64,19 @@ class Settings(BaseSettings):
     def _no_empty_or_undecodable(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        problems: list[ConfigError] = []
         for name, value in data.items():
             if not isinstance(value, str):
                 continue
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                raise ConfigError(name, "is not valid UTF-8") from None
+                problems.append(ConfigError(name, "is not valid UTF-8"))
+                continue
             if not value.strip() and name not in EMPTY_MEANS_NONE:
-                raise ConfigError(name, "is set but empty; unset it to use the default")
+                problems.append(ConfigError(name, "is set but empty; unset it to use the default"))
+        if problems:
+            raise ConfigError.all_of(problems)
         return data
 
     @field_validator("iam_users", mode="before")
@@ -144,8 +148,9 @@ def describe_error(error: ErrorDetails) -> ConfigError:
 
 
 def load() -> Settings:
-    """Read and check every setting; the first problem is raised as a ConfigError."""
+    """Read and check every setting; all the problems found are raised together, as
+    one ConfigError naming the first setting."""
     try:
         return Settings()
     except ValidationError as exc:
-        raise describe_error(exc.errors()[0]) from None
+        raise ConfigError.all_of([describe_error(e) for e in exc.errors()]) from None

@@ -1,6 +1,6 @@
 """Benchmark: the job against its floors, on a throwaway PostgreSQL with Aurora's roles.
 
-    python -m bench.bench [--sizes 10,1000,10000] [--reps 3] [--out bench/RESULTS.md]
+    python -m bench.bench [--sizes 10,1000,10000] [--reps 3] [--out bench/out/results.md]
 
 For each N it measures, alternating job and floor so that neither always meets a
 colder server:
@@ -323,7 +323,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    # bench/RESULTS.md is the reviewed record; a run writes beside it, untracked.
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.md")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     # On SIGTERM, unwind through `finally` so the throwaway server is stopped too.
@@ -349,6 +350,7 @@ def main() -> int:
         imports = import_floor(max(args.reps, 5))
         local = [bench.job(users_list("l_", 10)) for _ in range(3)]
         bench.drop("l\\_")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(render(server, rows, imports, local))
         print(f"wrote {args.out}", file=sys.stderr)
     finally:

@@ -202,3 +202,50 @@ def test_image_stops_on_sigterm_with_its_result_line(pg15: localpg.LocalPostgres
     last = json.loads(stdout.strip().splitlines()[-1])
     assert last["error"]["type"] == "interrupted" and "SIGTERM" in last["error"]["message"]
     assert role(catalog(pg15), "stop_user") is None
+
+
+def test_image_takes_its_bundle_from_any_pem_under_certs(
+    pg15: localpg.LocalPostgres, tmp_path: Path
+) -> None:
+    """The README's --build-arg RDS_CA_BUNDLE=certs/NAME.pem, built from a copy of the
+    build context (tests never write where the real build reads); the build stage it
+    leaves behind carries the label that `make image-prune` removes by."""
+    image = _need_engine()
+    assert pg15.tls is not None
+    context = tmp_path / "context"
+    for name in ("Dockerfile", ".dockerignore", "requirements.lock", "wheels", "certs"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, context / name)
+        else:
+            shutil.copy2(source, context / name)
+    shutil.copy2(pg15.tls.ca_pem, context / "certs" / "my-bundle.pem")
+    tag = "aurora-bootstrap:custom-bundle"
+    base = docker("image", "inspect", image, "--format", "{{.Id}}")
+    assert base.returncode == 0
+    built = docker(
+        "build",
+        "--network=none",
+        "--build-arg",
+        "BASE_IMAGE=local/bookworm-python:12",
+        "--build-arg",
+        "RDS_CA_BUNDLE=certs/my-bundle.pem",
+        "-t",
+        tag,
+        str(context),
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    shipped = docker(
+        "run",
+        "--rm",
+        "--network=none",
+        "--entrypoint",
+        "cat",
+        tag,
+        "/etc/aurora-bootstrap/rds-global-bundle.pem",
+    )
+    assert shipped.stdout == pg15.tls.ca_pem.read_text()
+    labelled = docker("images", "-q", "--filter", "label=aurora-bootstrap.stage=build")
+    assert labelled.stdout.strip(), "the build stage carries its label"
+    docker("rmi", tag)

@@ -1,6 +1,7 @@
 """A local PostgreSQL with Aurora's roles, for running the job on a laptop.
 
-    python -m tools.localdb run [COMMAND]   start it if needed, then run the job
+    python -m tools.localdb run [COMMAND]   check the settings, start it if needed, then
+                                            run the job
     python -m tools.localdb env             print the job's DB_* settings for it
     python -m tools.localdb stop            stop it; its data stays
     python -m tools.localdb remove          stop it and delete its data
@@ -43,6 +44,39 @@ def _claim(directory: Path) -> None:
 
 
 EXAMPLE_USERS = "app_user:app_readwrite,report_user:app_readonly"
+# The settings that say where to log in. Any of them set by the user means the user
+# means another database: the job runs with the user's settings as they are.
+CONNECTION_SETTINGS = ("DB_HOST", "DB_PORT", "DB_USER", "DB_PASSWORD", "DB_NAME", "DB_SSLMODE")
+
+
+def _run_elsewhere(argv: list[str], cli: Path) -> None:
+    given = [name for name in CONNECTION_SETTINGS if name in os.environ]
+    print(
+        f"localdb: {', '.join(given)} set in your environment: running against your "
+        "settings, not the local database",
+        file=sys.stderr,
+    )
+    os.execv(cli, [str(cli), *argv])
+
+
+def _check_settings(env: dict[str, str]) -> None:
+    """Settings the job would refuse are refused before a database is started, exactly
+    as the job words them (placeholders stand for the local database's own)."""
+    from app import script
+    from app import settings as app_settings
+    from app.errors import ConfigError
+
+    placeholders = {"DB_HOST": "127.0.0.1", "DB_PORT": "5432", "DB_USER": localpg.MASTER_USER}
+    saved = dict(os.environ)
+    os.environ.update(env | placeholders | {"DB_PASSWORD": "checked-later"})
+    try:
+        script.load(app_settings.load().init_sql)
+    except ConfigError as exc:
+        print(f"localdb: not starting the local database: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _load() -> localpg.LocalPostgres | None:
@@ -106,6 +140,11 @@ def main(argv: list[str]) -> int:
                     server.base.parent.rmdir()
                 STATE.unlink()
         return 0
+    cli = Path(sys.executable).parent / "aurora-bootstrap"
+    if command == "run" and any(name in os.environ for name in CONNECTION_SETTINGS):
+        _run_elsewhere(argv[1:], cli)
+    if command == "run":
+        _check_settings({"IAM_USERS": os.environ.get("IAM_USERS", EXAMPLE_USERS)})
     server = ensure_server()
     if command == "env":
         for key, value in server.job_env().items():
@@ -115,7 +154,6 @@ def main(argv: list[str]) -> int:
         raise SystemExit(__doc__)
     env = dict(os.environ) | server.job_env()
     env.setdefault("IAM_USERS", EXAMPLE_USERS)
-    cli = Path(sys.executable).parent / "aurora-bootstrap"
     os.execve(cli, [str(cli), *argv[1:]], env)
 
 
