@@ -213,6 +213,7 @@ def test_image_takes_its_bundle_from_any_pem_under_certs(
     image = _need_engine()
     assert pg15.tls is not None
     context = tmp_path / "context"
+    context.mkdir()
     for name in ("Dockerfile", ".dockerignore", "requirements.lock", "wheels", "certs"):
         source = ROOT / name
         if source.is_dir():
