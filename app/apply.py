@@ -189,9 +189,10 @@ class Attempts:
             " set_config('bootstrap.prune', %s, true)",
             self.inputs.settings(),
         )
-        before = catalog.remember(cur)
+        catalog.remember(cur)
         lost, self.in_doubt = self.in_doubt, None
-        confirmed = lost is not None and before == lost.after
+        # Only after a lost COMMIT reply: is the catalog as that COMMIT left it?
+        confirmed = lost is not None and catalog.fingerprint(cur) == lost.after
         if lost is not None:
             log.event(
                 "commit_checked",

@@ -15,8 +15,12 @@ NAME_RULE = (
     "(lowercase letters, digits and underscores, at most 63 characters)"
 )
 RESERVED_USER_PREFIXES = ("pg_", "rds_")
-# Names PostgreSQL refuses as role names (or reads as something else in GRANT).
-RESERVED_NAMES = frozenset({"public", "none", "current_user", "current_role", "session_user"})
+# Names PostgreSQL refuses as role names (or reads as something else in GRANT), and
+# the role whose members are the users the job manages.
+MANAGED_ROLE = "aurora_bootstrap_managed"
+RESERVED_NAMES = frozenset(
+    {"public", "none", "current_user", "current_role", "session_user", MANAGED_ROLE}
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,11 @@ def _check_user(position: int, entry: object, name: object) -> str:
     if not NAME_RE.fullmatch(name):
         raise _fail(position, entry, f"user name {_show(name)} {NAME_RULE}")
     if name in RESERVED_NAMES:
-        raise _fail(position, entry, f"{name!r} is reserved by PostgreSQL and cannot be a user")
+        raise _fail(
+            position,
+            entry,
+            f"{name!r} is reserved (by PostgreSQL, or as the job's marker) and cannot be a user",
+        )
     if name.startswith(RESERVED_USER_PREFIXES):
         raise _fail(position, entry, "user names starting with pg_ or rds_ are reserved")
     return name
@@ -60,7 +68,9 @@ def _check_roles(position: int, entry: object, user: str, roles: object) -> tupl
             raise _fail(position, entry, f"role name {_show(role)} {NAME_RULE}")
         if role in RESERVED_NAMES:
             raise _fail(
-                position, entry, f"{role!r} is reserved by PostgreSQL; it cannot be granted"
+                position,
+                entry,
+                f"{role!r} is reserved (by PostgreSQL, or as the job's marker): not grantable",
             )
         if role == user:
             raise _fail(position, entry, "a user cannot be granted to itself")

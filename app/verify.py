@@ -20,13 +20,12 @@ from app.login import MasterLogin
 from app.settings import Settings
 from app.users import IamUser
 
-_LISTED = """
+_LISTED = f"""
 SELECT u.name, p.oid IS NOT NULL, coalesce(p.rolcanlogin, false),
-       coalesce((SELECT d.description FROM pg_shdescription d
-                 WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass), ''),
+       p.oid IS NOT NULL AND {catalog.MANAGED_USER},
        ARRAY(SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
              WHERE a.member = p.oid)
-FROM jsonb_to_recordset(%s::jsonb) AS u(name text)
+FROM jsonb_to_recordset(current_setting('bootstrap.iam_users')::jsonb) AS u(name text)
 LEFT JOIN pg_roles p ON p.rolname = u.name
 ORDER BY 1
 """
@@ -65,8 +64,8 @@ def findings(
             " set_config('bootstrap.master_user', %s, true)",
             (listed, master),
         )
-        cur.execute(_LISTED, (listed,))
-        for name, exists, login, comment, member_of in cur.fetchall():
+        cur.execute(_LISTED)
+        for name, exists, login, managed, member_of in cur.fetchall():
             if not exists:
                 found.append({"role": name, "problem": "missing"})
                 continue
@@ -77,7 +76,7 @@ def findings(
             for group in wanted[name].roles:
                 if group not in member_of:
                     found.append({"role": name, "problem": "not_in_role", "group": group})
-            if not catalog.is_managed(comment):
+            if not managed:
                 found.append({"role": name, "problem": "no_marker"})
         cur.execute(_UNLISTED)
         for name, login, in_rds_iam in cur.fetchall():

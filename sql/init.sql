@@ -13,13 +13,11 @@
 --                set_config('bootstrap.prune', 'false', true)" \
 --     -f sql/init.sql
 --
--- Every role this script creates or provisions carries a marker comment: users
--- 'managed by aurora-bootstrap', followed by {"granted": [...]} (the listed roles this
--- script granted itself, the only ones it revokes when they are no longer listed);
--- group roles 'managed by aurora-bootstrap (group role)'. verify and prune only ever
--- touch users with the marker. Earlier versions marked groups as users: such a group
--- (named as a role by a listed user, or with a member other than the master user) is
--- re-marked as a group.
+-- The users this script manages are the members of the role aurora_bootstrap_managed;
+-- the listed roles it granted them itself (the only ones it revokes when they are no
+-- longer listed) are recorded in that role's comment. Group roles it creates carry the
+-- comment 'managed by aurora-bootstrap (group role)'. verify and prune only ever touch
+-- managed users. The users block below says what is written per user, and why.
 -- Names from the inputs reach SQL only through format('%I'). Comments are read with a
 -- correlated lookup in pg_shdescription: shobj_description() costs a query per call,
 -- and a join lets stale catalog statistics pick a plan quadratic in the users.
@@ -45,7 +43,21 @@ BEGIN
 END
 $$;
 
-GRANT USAGE ON SCHEMA public TO app_readonly, app_readwrite;
+-- Granted only where missing: a GRANT that changes nothing still writes the schema's
+-- catalog row, and a run that writes nothing needs no change report.
+DO $$
+DECLARE
+    grp text;
+BEGIN
+    FOREACH grp IN ARRAY ARRAY['app_readonly', 'app_readwrite'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
+                       WHERE n.nspname = 'public' AND a.grantee = grp::regrole
+                         AND a.privilege_type = 'USAGE') THEN
+            EXECUTE format('GRANT USAGE ON SCHEMA public TO %I', grp);
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- Tables and sequences already in schema public. Only objects the master user owns
 -- (directly or through a role) can be granted on; other owners' objects are left to
@@ -83,24 +95,76 @@ BEGIN
 END
 $$;
 
--- Tables the master user creates later get the same privileges.
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO app_readonly;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public
-    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO app_readwrite;
-ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO app_readwrite;
+-- Tables the master user creates later get the same privileges (set only where
+-- missing, as above).
+DO $$
+DECLARE
+    d record;
+BEGIN
+    FOR d IN
+        SELECT w.kind, w.grp, string_agg(w.privilege, ', ' ORDER BY w.privilege) AS privileges
+        FROM (VALUES
+            ('TABLES', 'r', 'app_readonly', 'SELECT'),
+            ('TABLES', 'r', 'app_readwrite', 'SELECT'),
+            ('TABLES', 'r', 'app_readwrite', 'INSERT'),
+            ('TABLES', 'r', 'app_readwrite', 'UPDATE'),
+            ('TABLES', 'r', 'app_readwrite', 'DELETE'),
+            ('SEQUENCES', 'S', 'app_readwrite', 'USAGE'),
+            ('SEQUENCES', 'S', 'app_readwrite', 'SELECT')
+        ) AS w(kind, objtype, grp, privilege)
+        WHERE NOT EXISTS (
+            SELECT FROM pg_default_acl x CROSS JOIN LATERAL aclexplode(x.defaclacl) a
+            WHERE x.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+              AND x.defaclnamespace = 'public'::regnamespace
+              AND x.defaclobjtype = w.objtype::"char"
+              AND a.grantee = w.grp::regrole AND a.privilege_type = w.privilege)
+        GROUP BY 1, 2
+        ORDER BY 1, 2
+    LOOP
+        EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT %s ON %s TO %I',
+                       d.privileges, d.kind, d.grp);
+    END LOOP;
+END
+$$;
 
 
 -- IAM users. Each step only acts on what is missing, so a no-op run only reads.
+--
+-- What is written per user, and why. From PostgreSQL 16 a CREATEROLE master holds
+-- ADMIN OPTION on every role it created, and every statement that checks ADMIN
+-- OPTION on a role (COMMENT ON ROLE, ALTER ROLE, GRANT or REVOKE of it) walks all
+-- of those memberships: one such statement per user makes a run O(users^2). So the
+-- only per-user statements are CREATE ROLE for a new user (the floor: psql pays it
+-- too), ALTER ROLE for a user whose LOGIN must be restored or, when pruning, taken,
+-- and REVOKE of a listed role the job granted and no longer lists. Everything else is
+-- one statement per run or per role:
+-- - managed users are the members of the role aurora_bootstrap_managed (the marker),
+--   granted to all new and adopted users in one GRANT;
+-- - the listed roles the job granted each user (the only ones it revokes when they
+--   are no longer listed) are recorded as JSON in that role's comment, one COMMENT
+--   per run when the record changes;
+-- - rds_iam and each listed role are granted in one GRANT naming all new members.
+-- Users marked by earlier versions with a comment of their own
+-- ('managed by aurora-bootstrap' and their granted roles) are made members, and
+-- their record moved, in the same transaction; their comments are left as they are.
 DO $$
 DECLARE
-    marker CONSTANT text := 'managed by aurora-bootstrap';
+    marker CONSTANT text := 'managed by aurora-bootstrap';  -- earlier versions' users
     group_marker CONSTANT text := 'managed by aurora-bootstrap (group role)';
+    managed CONSTANT text := 'aurora_bootstrap_managed';
+    record_prefix CONSTANT text :=
+        'aurora-bootstrap: its members are the users aurora-bootstrap manages; ';
     master CONSTANT text := current_setting('bootstrap.master_user');
     master_oid CONSTANT oid := (SELECT oid FROM pg_roles WHERE rolname = master);
     listed jsonb := current_setting('bootstrap.iam_users')::jsonb;
     prune CONSTANT boolean := current_setting('bootstrap.prune')::boolean;
     pg16 CONSTANT boolean := current_setting('server_version_num')::int >= 160000;
+    managed_oid oid;
+    comment_was text;
+    recorded jsonb;  -- {"user": ["role", ...]}: listed roles the job granted each user
+    recorded_now jsonb;
     granted_now text[] := '{}';  -- 'user:role' for each listed role granted in this run
+    legacy text[];  -- users marked by an earlier version's comment
     retired text[];  -- managed users no longer listed, when pruning
     r record;
 BEGIN
@@ -111,11 +175,21 @@ BEGIN
     -- rds_iam disables password login: never for the user that runs this script.
     FOR r IN
         SELECT u.name FROM jsonb_to_recordset(listed) AS u(name text)
-        WHERE u.name IN (master, session_user, current_user)
+        WHERE u.name IN (master, session_user, current_user, managed)
     LOOP
-        RAISE EXCEPTION 'refusing to make the master user % an IAM user', r.name
-            USING HINT = 'rds_iam would disable its password login; remove it from IAM_USERS';
+        RAISE EXCEPTION 'refusing to make % an IAM user', r.name
+            USING HINT = 'the master user would lose its password login, and '
+                         || managed || ' is the marker of managed users; remove it from IAM_USERS';
     END LOOP;
+
+    -- The marker role and, in its comment, the record of granted roles.
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = managed) THEN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', managed);
+    END IF;
+    managed_oid := managed::regrole;
+    comment_was := (SELECT d.description FROM pg_shdescription d
+                    WHERE d.objoid = managed_oid AND d.classoid = 'pg_authid'::regclass);
+    recorded := coalesce(substring(comment_was FROM '(\{.*\})$')::jsonb -> 'granted', '{}');
 
     -- Group roles that are listed but do not exist yet.
     FOR r IN
@@ -148,74 +222,82 @@ BEGIN
         EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, group_marker);
     END LOOP;
 
-    -- From PostgreSQL 16 the master may only alter or comment on roles it holds ADMIN
-    -- OPTION on, as it does on those it created. A listed user made by another
-    -- administrator that needs either is named here with the fix, before anything
-    -- fails midway. The direct membership is looked up first: pg_has_role walks all
-    -- of the master's memberships.
+    -- Users an earlier version marked with a comment of their own: they join the
+    -- marker role below, and the roles their comment recorded join the record.
+    SELECT coalesce(array_agg(l.name ORDER BY l.name), '{}'),
+           recorded || coalesce(jsonb_object_agg(l.name, l.granted)
+                                FILTER (WHERE jsonb_array_length(l.granted) > 0), '{}')
+    INTO legacy, recorded
+    FROM (
+        SELECT p.rolname AS name,
+               coalesce(substring(c.comment FROM '^managed by aurora-bootstrap (\{.*\})$')::jsonb
+                        -> 'granted', '[]') AS granted
+        FROM pg_roles p
+        CROSS JOIN LATERAL (
+            SELECT d.description AS comment FROM pg_shdescription d
+            WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass) AS c
+        WHERE c.comment ~ '^managed by aurora-bootstrap( \{.*\})?$'
+          AND p.rolname NOT IN (master, session_user, current_user)
+          AND NOT EXISTS (SELECT FROM pg_auth_members a
+                          WHERE a.member = p.oid AND a.roleid = managed_oid)
+    ) AS l;
+
+    -- From PostgreSQL 16 the master may only alter roles it holds ADMIN OPTION on, as
+    -- it does on those it created. A listed user made by another administrator whose
+    -- LOGIN must be restored is named here with the fix, before anything fails
+    -- midway. The direct membership is looked up first: pg_has_role walks all of the
+    -- master's memberships.
     IF pg16 THEN
         FOR r IN
             SELECT u.name
             FROM jsonb_to_recordset(listed) AS u(name text)
             JOIN pg_roles p ON p.rolname = u.name
-            WHERE (NOT p.rolcanlogin
-                   OR coalesce((SELECT d.description FROM pg_shdescription d
-                                WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass),
-                               '') !~ '^managed by aurora-bootstrap( \{.*\})?$')
-              AND NOT EXISTS (SELECT FROM pg_auth_members a
-                              WHERE a.roleid = p.oid AND a.member = master_oid AND a.admin_option)
-              AND NOT pg_has_role(master, p.oid, 'USAGE WITH ADMIN OPTION')
+            -- CASE fixes the order: pg_has_role only where nothing cheaper decides.
+            WHERE CASE WHEN p.rolcanlogin THEN false
+                       WHEN EXISTS (SELECT FROM pg_auth_members a
+                                    WHERE a.roleid = p.oid AND a.member = master_oid
+                                      AND a.admin_option) THEN false
+                       ELSE NOT pg_has_role(master, p.oid, 'USAGE WITH ADMIN OPTION') END
             ORDER BY 1
             LIMIT 1
         LOOP
-            RAISE EXCEPTION 'the master user % cannot provision role %: it has no ADMIN OPTION on it',
+            RAISE EXCEPTION 'the master user % cannot give role % LOGIN: it has no ADMIN OPTION on it',
                 master, r.name
                 USING ERRCODE = 'insufficient_privilege',
                       DETAIL = format('From PostgreSQL 16 only a role holding ADMIN OPTION on %I '
-                                      'may alter it or comment on it; it was created by another '
-                                      'administrator.', r.name),
+                                      'may alter it; it was created by another administrator.',
+                                      r.name),
                       HINT = format('As a superuser or as its creator: GRANT %I TO %I WITH ADMIN OPTION',
                                     r.name, master);
         END LOOP;
     END IF;
 
-    -- Users: create, or make sure they can log in. A new user gets its marker at
-    -- once, naming the listed roles granted to it below: from PostgreSQL 16 each
-    -- COMMENT checks the master's ADMIN OPTION by walking all the master's
-    -- memberships, which is cheapest while the new users have none of their own.
+    -- Users: create the missing ones (all in this one block, one round trip), and
+    -- restore LOGIN where it was taken.
     FOR r IN
-        SELECT u.name, p.oid IS NULL AS missing,
-               CASE WHEN cardinality(coalesce(u.roles, '{}')) = 0 THEN marker
-                    ELSE marker || ' ' || jsonb_build_object('granted', (
-                        SELECT jsonb_agg(DISTINCT g ORDER BY g) FROM unnest(u.roles) AS g))::text
-               END AS comment
-        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+        SELECT u.name, p.oid IS NULL AS missing
+        FROM jsonb_to_recordset(listed) AS u(name text)
         LEFT JOIN pg_roles p ON p.rolname = u.name
         WHERE p.oid IS NULL OR NOT p.rolcanlogin
         ORDER BY 1
     LOOP
         IF r.missing THEN
             EXECUTE format('CREATE ROLE %I WITH LOGIN', r.name);
-            EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, r.comment);
         ELSE
             EXECUTE format('ALTER ROLE %I WITH LOGIN', r.name);
         END IF;
     END LOOP;
 
-    -- Roles the job granted earlier (recorded in the marker) and no longer lists are
-    -- revoked; grants made by anyone else are never touched. From PostgreSQL 16 a
-    -- membership belongs to its grantor, so the job revokes its own grant by name.
+    -- Roles the job granted earlier (in the record) and no longer lists are revoked;
+    -- grants made by anyone else are never touched. From PostgreSQL 16 a membership
+    -- belongs to its grantor, so the job revokes its own grant by name.
     FOR r IN
         WITH dropped AS MATERIALIZED (
-            -- Per user, once: recorded roles that are no longer listed.
             SELECT u.name, p.oid AS member, g.role
             FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
             JOIN pg_roles p ON p.rolname = u.name
-            CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(substring(
-                (SELECT d.description FROM pg_shdescription d
-                 WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
-                FROM '^managed by aurora-bootstrap (\{.*\})$'
-            )::jsonb -> 'granted', '[]')) AS g(role)
+            CROSS JOIN LATERAL jsonb_array_elements_text(
+                coalesce(recorded -> u.name, '[]')) AS g(role)
             WHERE g.role <> ALL (coalesce(u.roles, '{}'))
         )
         SELECT x.name, x.role, gr.rolname AS grantor
@@ -233,86 +315,76 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- Memberships: rds_iam and the listed roles, where not already a member. One
-    -- GRANT per role, naming all its new members: from PostgreSQL 16 every GRANT
-    -- checks the master's ADMIN OPTION by walking all its memberships, which grow
-    -- with each role it creates, so a GRANT per user would cost O(users^2). The
-    -- listed roles granted here are recorded, so that they can be revoked later.
+    -- Memberships: the marker, rds_iam and the listed roles, where not already a
+    -- member. One GRANT per role, naming all its new members.
     FOR r IN
-        SELECT g.role, array_agg(u.name ORDER BY u.name) AS names
-        FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
-        CROSS JOIN LATERAL unnest('{rds_iam}' || coalesce(u.roles, '{}')) AS g(role)
-        JOIN pg_roles pu ON pu.rolname = u.name
-        JOIN pg_roles pr ON pr.rolname = g.role
-        WHERE NOT EXISTS (
-            SELECT FROM pg_auth_members a WHERE a.member = pu.oid AND a.roleid = pr.oid)
-        GROUP BY g.role
+        SELECT w.role, array_agg(DISTINCT w.name ORDER BY w.name) AS names
+        FROM (
+            SELECT g.role, u.name
+            FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+            CROSS JOIN LATERAL unnest(ARRAY[managed, 'rds_iam'] || coalesce(u.roles, '{}'))
+                AS g(role)
+            JOIN pg_roles pu ON pu.rolname = u.name
+            JOIN pg_roles pr ON pr.rolname = g.role
+            WHERE NOT EXISTS (
+                SELECT FROM pg_auth_members a WHERE a.member = pu.oid AND a.roleid = pr.oid)
+            UNION
+            SELECT managed, n FROM unnest(legacy) AS n
+        ) AS w
+        GROUP BY w.role
         ORDER BY 1
     LOOP
         EXECUTE format('GRANT %I TO %s', r.role,
                        (SELECT string_agg(format('%I', n), ', ') FROM unnest(r.names) AS n));
-        IF r.role <> 'rds_iam' THEN
+        IF r.role NOT IN ('rds_iam', managed) THEN
             granted_now := granted_now || ARRAY(SELECT n || ':' || r.role FROM unnest(r.names) AS n);
         END IF;
     END LOOP;
 
-    -- The marker that lets verify and prune recognise the users this job manages:
-    -- 'managed by aurora-bootstrap', followed by {"granted": [...]} when the job has
-    -- granted listed roles itself (still listed ones from before, and today's).
-    FOR r IN
-        WITH present AS (
-            SELECT u.name, coalesce(u.roles, '{}') AS roles,
-                   coalesce((SELECT d.description FROM pg_shdescription d
-                             WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass),
-                            '') AS comment
-            FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
-            JOIN pg_roles p ON p.rolname = u.name
-        ), granted AS (
-            SELECT c.name, e.role
-            FROM present c
-            CROSS JOIN LATERAL jsonb_array_elements_text(coalesce(substring(
-                c.comment FROM '^managed by aurora-bootstrap (\{.*\})$')::jsonb -> 'granted', '[]')
-            ) AS e(role)
-            WHERE e.role = ANY (c.roles)
-            UNION
-            SELECT split_part(n, ':', 1), split_part(n, ':', 2) FROM unnest(granted_now) AS n
-        ), wanted AS (
-            SELECT c.name, c.comment,
-                   CASE WHEN count(g.role) = 0 THEN marker
-                        ELSE marker || ' ' || jsonb_build_object(
-                            'granted', jsonb_agg(DISTINCT g.role ORDER BY g.role))::text
-                   END AS comment_wanted
-            FROM present c
-            LEFT JOIN granted g ON g.name = c.name
-            GROUP BY c.name, c.comment
+    -- The record: for listed users, the recorded roles still listed and those granted
+    -- now; for others that still exist, what was recorded (a pruned user may be
+    -- listed again).
+    recorded_now := (
+        WITH wanted AS (  -- listed users and their roles, as one object: keyed lookups
+            SELECT jsonb_object_agg(u.name, coalesce(u.roles, '[]')) AS j
+            FROM jsonb_to_recordset(listed) AS u(name text, roles jsonb)
         )
-        SELECT name, comment_wanted FROM wanted
-        WHERE comment IS DISTINCT FROM comment_wanted
-        ORDER BY 1
-    LOOP
-        EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, r.comment_wanted);
-    END LOOP;
+        SELECT coalesce(jsonb_object_agg(x.name, x.roles), '{}')
+        FROM (
+            SELECT y.name, jsonb_agg(DISTINCT y.role ORDER BY y.role) AS roles
+            FROM (
+                SELECT e.key AS name, g.role
+                FROM wanted
+                CROSS JOIN jsonb_each(recorded) AS e
+                CROSS JOIN LATERAL jsonb_array_elements_text(e.value) AS g(role)
+                WHERE CASE WHEN wanted.j ? e.key THEN (wanted.j -> e.key) ? g.role
+                           ELSE EXISTS (SELECT FROM pg_roles WHERE rolname = e.key) END
+                UNION
+                SELECT split_part(n, ':', 1), split_part(n, ':', 2) FROM unnest(granted_now) AS n
+            ) AS y
+            GROUP BY y.name
+        ) AS x
+    );
+    IF comment_was IS DISTINCT FROM
+       record_prefix || jsonb_build_object('granted', recorded_now)::text THEN
+        EXECUTE format('COMMENT ON ROLE %I IS %L', managed,
+                       record_prefix || jsonb_build_object('granted', recorded_now)::text);
+    END IF;
 
-    -- Prune: managed users no longer listed keep their objects (never dropped) but lose
-    -- LOGIN and rds_iam. Group roles are not users: one given LOGIN by hand stays. From
-    -- PostgreSQL 16 a membership belongs to its grantor, so each rds_iam grant is
-    -- revoked as the grantor recorded it; one the master cannot act for (another
-    -- administrator's) stays, and the job reports it.
+    -- Prune: managed users no longer listed keep their objects (never dropped) and
+    -- stay managed, but lose LOGIN and rds_iam. From PostgreSQL 16 a membership
+    -- belongs to its grantor, so each rds_iam grant is revoked as the grantor recorded
+    -- it; one the master cannot act for (another administrator's) stays, and the job
+    -- reports it. Group roles are not users: one given LOGIN by hand stays.
     IF prune THEN
         retired := ARRAY(
             SELECT p.rolname
-            FROM pg_roles p
-            WHERE (SELECT d.description FROM pg_shdescription d
-                   WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
-                  ~ '^managed by aurora-bootstrap( \{.*\})?$'
+            FROM pg_auth_members m
+            JOIN pg_roles p ON p.oid = m.member
+            WHERE m.roleid = managed_oid
+              AND NOT m.admin_option  -- from PostgreSQL 16 its creator is a member too
               AND p.rolname NOT IN (SELECT name FROM jsonb_to_recordset(listed) AS l(name text))
-              AND p.rolname NOT IN (master, session_user, current_user)
-              AND NOT ((SELECT d.description FROM pg_shdescription d
-                        WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass) = marker
-                       AND (p.rolname IN (SELECT g FROM jsonb_to_recordset(listed) AS u(roles text[]),
-                                               unnest(coalesce(u.roles, '{}')) AS g)
-                            OR EXISTS (SELECT FROM pg_auth_members a
-                                       WHERE a.roleid = p.oid AND a.member <> master_oid))));
+              AND p.rolname NOT IN (master, session_user, current_user));
         FOR r IN
             SELECT gr.rolname AS grantor,
                    string_agg(format('%I', p.rolname), ', ' ORDER BY p.rolname) AS names

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from app.users import MANAGED_ROLE
 from tests import awsemu
 from tools import localpg
 
@@ -243,7 +244,13 @@ def role(state: Catalog, name: str) -> tuple[Any, ...] | None:
 
 
 def members_of(state: Catalog, member: str) -> set[str]:
-    return {g for g, m, _gr, _admin in state["members"] if m == member}
+    """The roles `member` is granted, apart from the job's marker role (see managed)."""
+    return {g for g, m, _gr, _admin in state["members"] if m == member and g != MANAGED_ROLE}
+
+
+def managed(state: Catalog, member: str) -> bool:
+    """Whether `member` is one of the users the job manages: a member of its marker."""
+    return any(g == MANAGED_ROLE and m == member for g, m, _gr, _admin in state["members"])
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -179,7 +179,15 @@ class FaultProxy:
             pump(client_r, server_w, inspect=True), pump(server_r, client_w, inspect=False)
         )
 
+    async def _cancel_connections(self) -> None:
+        # A frozen connection never ends by itself.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def stop(self) -> None:
         self._call(self._close())
+        self._call(self._cancel_connections())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)

@@ -7,11 +7,11 @@ import json
 import psycopg
 import pytest
 
-from tests.conftest import Job, catalog, job_env, members_of, role, run_job
+from app.users import MANAGED_ROLE
+from tests.conftest import Job, catalog, job_env, managed, members_of, role, run_job
 from tools import localpg
 
 USERS = "alice:app_readonly,bob:app_readwrite:analytics,carol"
-MARKER = "managed by aurora-bootstrap"
 
 
 def test_first_apply_creates_users_with_login_rds_iam_and_roles(
@@ -35,16 +35,34 @@ def test_first_apply_creates_users_with_login_rds_iam_and_roles(
         assert found is not None, user
         _name, login, superuser, createrole, comment = found
         assert login and not superuser and not createrole
-        granted = json.dumps({"granted": sorted(groups)}) if groups else None
-        assert comment == (f"{MARKER} {granted}" if granted else MARKER)
+        assert comment is None, "nothing is written per user but the role and its grants"
+        assert managed(state, user)
         assert members_of(state, user) == {"rds_iam"} | groups
+    # The record of what the job granted: one comment, on the marker role.
+    record = role(state, MANAGED_ROLE)[4]  # type: ignore[index]
+    assert json.loads(record[record.index("{") :]) == {
+        "granted": {"alice": ["app_readonly"], "bob": ["analytics", "app_readwrite"]}
+    }
     assert role(state, "analytics")[1] is False  # type: ignore[index]
     assert "rds_iam" not in members_of(state, localpg.MASTER_USER)
 
     creates = {c["role"] for c in run.changes if c["action"] == "create_role"}
-    assert creates == {"alice", "bob", "carol", "analytics", "app_readonly", "app_readwrite"}
+    assert creates == {
+        "alice",
+        "bob",
+        "carol",
+        "analytics",
+        "app_readonly",
+        "app_readwrite",
+        MANAGED_ROLE,
+    }
     grants = {(c["role"], c["member"]) for c in run.changes if c["action"] == "grant"}
-    user_grants = {(g, m) for g, m in grants if m != localpg.MASTER_USER}
+    user_grants = {(g, m) for g, m in grants if m != localpg.MASTER_USER and g != MANAGED_ROLE}
+    assert {m for g, m in grants if g == MANAGED_ROLE} - {localpg.MASTER_USER} == {
+        "alice",
+        "bob",
+        "carol",
+    }
     assert user_grants == {
         ("rds_iam", "alice"),
         ("app_readonly", "alice"),

@@ -9,19 +9,19 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import apply, catalog, script
+from app import apply, script
 from app.errors import ConfigError
 from app.retry import Deadline
 from app.settings import default_init_sql
-from app.users import NAME_RE, IamUser, parse
+from app.users import NAME_RE, RESERVED_NAMES, IamUser, parse
 from tests.conftest import catalog as read_catalog
-from tests.conftest import job_env, members_of, reset, role, run_job
+from tests.conftest import job_env, managed, members_of, reset, role, run_job
 from tools import localpg
 
 first = st.sampled_from(string.ascii_lowercase + "_")
 rest = st.text(string.ascii_lowercase + string.digits + "_", max_size=62)
 name = st.builds(lambda a, b: a + b, first, rest).filter(
-    lambda n: not n.startswith(("pg_", "rds_")) and n not in ("public", localpg.MASTER_USER)
+    lambda n: not n.startswith(("pg_", "rds_")) and n not in (*RESERVED_NAMES, localpg.MASTER_USER)
 )
 # Group roles drawn from a small pool, so that users share them.
 group = st.sampled_from(["app_readonly", "app_readwrite", "analytics", "g_1", "g_2"])
@@ -83,8 +83,8 @@ def test_accepted_names_round_trip_into_the_catalog_exactly(
     for n, roles in pairs:
         found = role(state, n)
         assert found is not None
-        _name, login, _super, _createrole, comment = found
-        assert login and catalog.is_managed(comment)
+        _name, login, _super, _createrole, _comment = found
+        assert login and managed(state, n)
         assert members_of(state, n) == {"rds_iam", *roles}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from app.users import MANAGED_ROLE
 from tests import awsemu
 from tests.conftest import catalog, job_env, members_of, role, run_job
 from tools import localpg
@@ -57,7 +58,7 @@ DRIFTS: list[tuple[str, Callable[[localpg.LocalPostgres], list[str]], dict[str, 
     ),
     (
         "marker removed",
-        lambda pg: ["COMMENT ON ROLE alice IS NULL"],
+        lambda pg: [f"REVOKE {MANAGED_ROLE} FROM alice GRANTED BY master"],
         {"role": "alice", "problem": "no_marker"},
     ),
 ]
