@@ -10,7 +10,7 @@ import pytest
 
 from app.users import MANAGED_ROLE
 from tests import awsemu
-from tests.conftest import catalog, job_env, members_of, role, run_job
+from tests.conftest import catalog, job_env, managed, members_of, role, run_job
 from tools import localpg
 
 USERS = "alice:app_readonly,bob:app_readwrite:analytics"
@@ -211,3 +211,66 @@ def test_verify_connect_logs_in_as_each_user_with_a_token(
     bob = run.result["connections"][1]
     assert bob["user"] == "bob" and bob["ok"] is False
     assert "password authentication failed" in bob["error"]
+
+
+def _as_an_earlier_version_left_it(pg: localpg.LocalPostgres) -> None:
+    """The catalog an earlier version wrote, as the master, for
+    alice:app_readonly,bob:analytics and a retired carol: a marker comment per user
+    with the roles it granted, groups marked the same way, and no marker role."""
+    with pg.master_connect() as conn:
+        conn.autocommit = True
+        for statement in (
+            "CREATE ROLE app_readonly NOLOGIN",
+            "CREATE ROLE analytics NOLOGIN",
+            "CREATE ROLE alice LOGIN",
+            "CREATE ROLE bob LOGIN",
+            "CREATE ROLE carol LOGIN",
+            "GRANT rds_iam TO alice, bob, carol",
+            "GRANT app_readonly TO alice",
+            "GRANT analytics TO bob",
+            "COMMENT ON ROLE app_readonly IS 'managed by aurora-bootstrap'",
+            "COMMENT ON ROLE analytics IS 'managed by aurora-bootstrap'",
+            "COMMENT ON ROLE alice IS"
+            """ 'managed by aurora-bootstrap {"granted": ["app_readonly"]}'""",
+            """COMMENT ON ROLE bob IS 'managed by aurora-bootstrap {"granted": ["analytics"]}'""",
+            "COMMENT ON ROLE carol IS 'managed by aurora-bootstrap'",
+        ):
+            conn.execute(statement.encode())
+
+
+def test_markers_an_earlier_version_wrote_keep_working_and_are_migrated(
+    pg: localpg.LocalPostgres,
+) -> None:
+    _as_an_earlier_version_left_it(pg)
+    env = job_env(pg, IAM_USERS="alice:app_readonly,bob:analytics")
+    # Read as they were meant before anything is migrated: carol is unlisted.
+    verify = run_job(env, "verify")
+    assert verify.code == 7, verify
+    assert verify.result["findings"] == [
+        {"role": "carol", "problem": "unlisted", "login": True, "rds_iam": True}
+    ]
+    # bob's analytics was granted by the job (its record says so): dropped from the list,
+    # it is revoked; carol is pruned; nobody is reported as adopted.
+    run = run_job(job_env(pg, IAM_USERS="alice:app_readonly,bob", PRUNE="true"))
+    assert run.code == 0, run
+    assert not [c for c in run.changes if c["action"] == "adopt"]
+    state = catalog(pg)
+    assert all(managed(state, u) for u in ("alice", "bob", "carol"))
+    assert members_of(state, "bob") == {"rds_iam"}
+    assert role(state, "carol")[1] is False  # type: ignore[index]
+    assert "rds_iam" not in members_of(state, "carol")
+    assert run_job(job_env(pg, IAM_USERS="alice:app_readonly,bob"), "verify").code == 0
+    assert run_job(job_env(pg, IAM_USERS="alice:app_readonly,bob")).changes == []
+    # alice's recorded grant moved into the record: dropping it revokes it.
+    dropped = run_job(job_env(pg, IAM_USERS="alice,bob"))
+    assert ("revoke", "app_readonly", "alice") in {
+        (c["action"], c["role"], c.get("member")) for c in dropped.changes
+    }
+
+
+def test_a_user_made_by_hand_is_adopted_and_reported(pg: localpg.LocalPostgres) -> None:
+    _sql(pg, "CREATE ROLE handmade LOGIN", "GRANT handmade TO master WITH ADMIN OPTION")
+    run = run_job(job_env(pg, IAM_USERS="handmade"))
+    assert run.code == 0, run
+    assert {"action": "adopt", "role": "handmade"} in run.changes
+    assert managed(catalog(pg), "handmade")
