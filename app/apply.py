@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from app import catalog, connect, interrupt, log
+from app.changelog import ChangeLog
 from app.errors import InitSqlError
 from app.retry import Deadline
 from app.script import Script
@@ -62,7 +63,7 @@ class Inputs:
 class Applied:
     """What one run did, as the report tells it."""
 
-    changes: list[catalog.Change]
+    changes: ChangeLog
     findings: list[catalog.Finding] = field(default_factory=list)
     # The reply to COMMIT was lost, and the next attempt found the catalog exactly as
     # that COMMIT would have left it: `changes` are the lost attempt's.
@@ -76,7 +77,7 @@ class CommitInDoubt(psycopg.OperationalError):
     catalog with the after-state this attempt computed before committing.
     """
 
-    def __init__(self, cause: str, changes: list[catalog.Change], after: str) -> None:
+    def __init__(self, cause: str, changes: ChangeLog, after: str) -> None:
         super().__init__(
             f"connection lost during COMMIT ({cause}); "
             "the next attempt checks whether it was committed"
@@ -208,5 +209,6 @@ class Attempts:
         for finding in findings:
             log.event("prune_incomplete", logging.WARNING, **finding)
         if confirmed and lost is not None:
-            changes = lost.changes + changes
+            lost.changes.extend(changes)
+            changes = lost.changes
         return Applied(changes, findings, confirmed), after, locked

