@@ -113,11 +113,45 @@ def _from_list(raw: str) -> list[tuple[object, object, object]]:
     return entries
 
 
+_NAME = r"[a-z_][a-z0-9_]{0,62}"
+# The comma form with nothing to complain about in its shape: checked in one pass of
+# the regex engine, so that 10,000 users cost milliseconds, not a call per name.
+_PLAIN_LIST_RE = re.compile(rf"{_NAME}(?::{_NAME})*(?:,{_NAME}(?::{_NAME})*)*")
+
+
+def _plain(text: str) -> tuple[IamUser, ...] | None:
+    """The users of a well-formed comma list, or None when it needs a closer look (the
+    checks below then name the entry and the problem)."""
+    if not _PLAIN_LIST_RE.fullmatch(text):
+        return None
+    users: list[IamUser] = []
+    seen: set[str] = set()
+    for entry in text.split(","):
+        name, *roles = entry.split(":")
+        unique = set(roles)
+        if (
+            name in seen
+            or name in RESERVED_NAMES
+            or name.startswith(RESERVED_USER_PREFIXES)
+            or len(unique) != len(roles)
+            or name in unique
+            or not unique.isdisjoint(RESERVED_NAMES)
+        ):
+            return None
+        seen.add(name)
+        users.append(IamUser(name, tuple(roles)))
+    return tuple(users)
+
+
 def parse(raw: str) -> tuple[IamUser, ...]:
     """Parse `name[:role...],...` or a JSON list of {"name", "roles"} objects."""
     text = raw.strip()
     if not text:
         return ()
+    plain = None if text.startswith("[") else _plain(text)
+    if plain is not None:
+        _check_cycles(list(plain), list(text.split(",")))
+        return plain
     entries = _from_json(text) if text.startswith("[") else _from_list(text)
     users: list[IamUser] = []
     seen: set[str] = set()

