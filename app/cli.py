@@ -101,6 +101,12 @@ def _ecs_flags(parser: argparse.ArgumentParser) -> None:
         "--poll-seconds", type=float, help="seconds between looks at the task (ECS_POLL_SECONDS, 5)"
     )
     flag(
+        "--log-grace",
+        type=float,
+        help="seconds to wait for the job's result line after the task stopped "
+        "(ECS_LOG_GRACE_SECONDS, 15)",
+    )
+    flag(
         "--env",
         action="append",
         default=[],
@@ -224,6 +230,7 @@ def _ecs_run(args: argparse.Namespace, started: float) -> dict[str, Any]:
             "ECS_CONTAINER": args.container,
             "ECS_DEADLINE_SECONDS": args.deadline,
             "ECS_POLL_SECONDS": args.poll_seconds,
+            "ECS_LOG_GRACE_SECONDS": args.log_grace,
         }
     )
     for pair in environment:
@@ -285,7 +292,7 @@ def _verdict(command: str, fields: dict[str, Any]) -> Outcome[None]:
             )
     if command == "ecs-run" and fields.get("container_exit_code"):
         code = int(fields["container_exit_code"])
-        message = f"container {fields['container']} exited with {code}"
+        message = str(fields.get("stopped_how") or f"container exited with {code}")
         return Outcome(None, code, {"type": "task_failed", "message": message})
     return Outcome(None)
 

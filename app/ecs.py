@@ -3,7 +3,15 @@
 RunTask (failures in its answer are errors), then follow the task until STOPPED with
 polling bounded by the deadline alone, streaming the container's CloudWatch log
 events as they arrive; finally exit with that container's exit code, or 8 when the
-task stopped without running it.
+task stopped without running it, or 9 when it ran and its exit code was lost.
+
+As ECS and CloudWatch behave on AWS: RunTask carries one clientToken per invocation,
+so a retried RunTask whose reply was lost returns the task ECS already started
+instead of starting a second; DescribeTasks may answer MISSING right after RunTask,
+which is waited out; log events arrive late, so the stream is read on after the task
+stopped until the job's result line has come or a grace period has passed; and a
+line longer than Docker's 16 KB, split into several events by the log driver, is put
+back together.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,8 +30,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app import log
-from app.aws import Aws
-from app.errors import AwsError, ConfigError, DeadlineExceeded, TaskNotStarted
+from app.aws import Aws, NotReady
+from app.errors import AwsError, ConfigError, DeadlineExceeded, TaskLost, TaskNotStarted
 from app.retry import Deadline
 from app.settings import describe_error
 
@@ -56,6 +65,7 @@ class EcsSettings(BaseSettings):
         1800.0, alias="ECS_DEADLINE_SECONDS", gt=0, le=86400, allow_inf_nan=False
     )
     poll_seconds: float = Field(5.0, alias="ECS_POLL_SECONDS", gt=0, le=60)
+    log_grace_seconds: float = Field(15.0, alias="ECS_LOG_GRACE_SECONDS", ge=0, le=600)
 
     _split_subnets = field_validator("subnets", "security_groups", mode="before")(_split)
 
@@ -128,6 +138,13 @@ def pick_container(task_definition: Mapping[str, Any], wanted: str | None) -> Co
     )
 
 
+# A piece of a split line is at most this long (Docker's 16 KB); pieces of one line
+# are put together up to this many bytes (CloudWatch holds 256 KB an event, and a
+# result line can be several of those).
+_PIECE_BYTES = 16 * 1024
+_LINE_LIMIT_BYTES = 64 * 1024 * 1024
+
+
 @dataclass
 class LogTail:
     """Follows one CloudWatch Logs stream, printing new events to stderr."""
@@ -138,9 +155,12 @@ class LogTail:
     stream: str
     token: str | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
+    denied: bool = False
+    _pieces: list[str] = field(default_factory=list)
+    _piece_bytes: int = 0
 
     def poll(self) -> None:
-        while True:
+        while not self.denied:
             kwargs: dict[str, Any] = {
                 "logGroupName": self.group,
                 "logStreamName": self.stream,
@@ -154,8 +174,16 @@ class LogTail:
                     what=f"reading log stream {self.stream}",
                     missing=f"log group {self.group}",
                 )
-            except AwsError:
-                return  # the stream appears once the container starts writing
+            except AwsError as exc:
+                if "access denied" in str(exc):
+                    self.denied = True
+                    log.event(
+                        "logs_unreadable",
+                        logging.WARNING,
+                        reason=f"access denied: the caller needs logs:GetLogEvents on log "
+                        f"group {self.group}; the task is followed without its logs",
+                    )
+                return  # else the stream appears once the container starts writing
             for event in page.get("events", []):
                 message = event.get("message", "")
                 sys.stderr.write(log.redact(message.rstrip("\n")) + "\n")
@@ -166,13 +194,44 @@ class LogTail:
             self.token = page["nextForwardToken"]
 
     def _keep_result(self, message: str) -> None:
-        # The job's own result line, so the pipeline sees it in ecs-run's result.
-        try:
-            data = json.loads(message)
-        except ValueError:
+        """The job's own result line, put back together if the log driver split it,
+        so that the pipeline sees it in ecs-run's result."""
+        if self._pieces:
+            self._pieces.append(message)
+            self._piece_bytes += len(message)
+            text = "".join(self._pieces)
+        elif message.startswith('{"command":'):
+            text = message
+        else:
             return
+        try:
+            data = json.loads(text)
+        except ValueError:
+            if not self._pieces:
+                self._pieces, self._piece_bytes = [message], len(message)
+            elif self._piece_bytes > _LINE_LIMIT_BYTES or len(message) < _PIECE_BYTES:
+                # A short piece ends a split line: this one did not parse, give it up.
+                self._pieces, self._piece_bytes = [], 0
+            return
+        self._pieces, self._piece_bytes = [], 0
         if isinstance(data, dict) and {"command", "exit_code", "status"} <= data.keys():
             self.results.append(data)
+
+    def drain(self, deadline: Deadline, poll_seconds: float, grace: float) -> None:
+        """After the task stopped: read on until the result line has come, or the
+        grace period (or the deadline) has passed."""
+        until = time.monotonic() + min(grace, max(deadline.remaining() - 1, 0))
+        self.poll()
+        while not self.results and not self.denied and time.monotonic() < until:
+            time.sleep(min(poll_seconds, 1.0))
+            self.poll()
+        if not self.results and not self.denied:
+            log.event(
+                "result_line_missing",
+                logging.WARNING,
+                reason=f"the job's result line did not reach {self.stream} within "
+                f"{grace:g} s of the task stopping (ECS_LOG_GRACE_SECONDS)",
+            )
 
 
 def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) -> dict[str, Any]:
@@ -208,6 +267,10 @@ def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) ->
         request["overrides"] = {
             "containerOverrides": [{"name": container.name, "environment": env}]
         }
+    # One token for every retry of this RunTask: ECS answers a repeat with the task it
+    # already started, so a reply lost in transit never starts a second task.
+    request["clientToken"] = str(uuid.uuid4())
+    log.event("run_task", client_token=request["clientToken"], cluster=settings.cluster)
     started = aws.call(
         lambda: ecs.run_task(**request),
         what=f"running task {settings.task_definition} on {settings.cluster}",
@@ -230,13 +293,17 @@ def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) ->
         tail = LogTail(logs, aws, container.log_group, stream)
         log.event("streaming_logs", log_group=container.log_group, log_stream=stream)
 
+    def describe() -> dict[str, Any]:
+        answer = ecs.describe_tasks(cluster=settings.cluster, tasks=[task_arn])
+        if not answer.get("tasks"):
+            # Eventual consistency: right after RunTask the task may not be found yet.
+            reasons = ", ".join(f.get("reason", "?") for f in answer.get("failures") or [])
+            raise NotReady(f"task {task_id} not found yet ({reasons or 'no task'})")
+        return dict(answer["tasks"][0])
+
     last_status = ""
     while True:
-        task = aws.call(
-            lambda: ecs.describe_tasks(cluster=settings.cluster, tasks=[task_arn])["tasks"][0],
-            what=f"following task {task_id}",
-            missing=f"task {task_arn}",
-        )
+        task = aws.call(describe, what=f"following task {task_id}", missing=f"task {task_arn}")
         if tail is not None:
             tail.poll()
         if task.get("lastStatus") != last_status:
@@ -251,37 +318,68 @@ def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) ->
             )
         time.sleep(settings.poll_seconds)
     if tail is not None:
-        tail.poll()
+        tail.drain(deadline, settings.poll_seconds, settings.log_grace_seconds)
     return outcome(task, container.name, tail.results if tail else [])
+
+
+# Stop codes of a task that someone or something stopped, rather than its container
+# exiting: StopTask, a deployment, a Spot interruption, a host retired.
+_STOPPED_BY = frozenset(
+    {"UserInitiated", "ServiceSchedulerInitiated", "SpotInterruption", "TerminationNotice"}
+)
 
 
 def outcome(
     task: Mapping[str, Any], container_name: str, results: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The followed container's exit code; TaskNotStarted if it never ran."""
+    """The followed container's exit code, and how the task came to stop. Raises
+    TaskNotStarted if the container never ran, TaskLost if it ran and its exit code
+    was lost with its host."""
     container: dict[str, Any] = next(
         (c for c in task.get("containers", []) if c["name"] == container_name), {}
     )
     exit_code = container.get("exitCode")
+    stop_code = task.get("stopCode")
     reason = "; ".join(r for r in (task.get("stoppedReason"), container.get("reason")) if r) or None
     fields = {
         "task_arn": task["taskArn"],
         "container": container_name,
         "container_exit_code": exit_code,
-        "stop_code": task.get("stopCode"),
+        "stop_code": stop_code,
         "stopped_reason": reason,
         "task_result": results[-1] if results else None,
     }
     if exit_code is None:
+        ran = task.get("startedAt") is not None and stop_code != "TaskFailedToStart"
+        if ran:
+            raise TaskLost(
+                f"task {task['taskArn']} ran {container_name}, but its exit code was lost "
+                f"({stop_code or 'no stop code'}: {reason or 'no reason given'}); it may "
+                "have committed: run verify to see",
+                fields,
+            )
         raise TaskNotStarted(
             f"task {task['taskArn']} stopped without running {container_name} "
-            f"({task.get('stopCode') or 'no stop code'}): {reason or 'no reason given'}",
+            f"({stop_code or 'no stop code'}): {reason or 'no reason given'}",
             fields,
         )
+    if "OutOfMemoryError" in (container.get("reason") or ""):
+        fields["stopped_how"] = (
+            f"container {container_name} was killed for memory (OutOfMemoryError, exit "
+            f"{exit_code}): give the task definition more memory"
+        )
+    elif stop_code in _STOPPED_BY:
+        fields["stopped_how"] = (
+            f"task stopped ({stop_code}): {task.get('stoppedReason') or 'no reason given'}; "
+            f"container {container_name} exited with {exit_code}"
+        )
+    else:
+        fields["stopped_how"] = f"container {container_name} exited with {exit_code}"
     log.event(
         "task_stopped",
         logging.INFO if exit_code == 0 else logging.WARNING,
         task_arn=task["taskArn"],
         container_exit_code=exit_code,
+        how=fields["stopped_how"],
     )
     return fields

@@ -98,3 +98,11 @@ class TaskNotStarted(BootstrapError):
 
     exit_code = 8
     kind = "task_not_started"
+
+
+class TaskLost(BootstrapError):
+    """ecs-run: the container ran, but its exit code was lost with its host: the job
+    may have committed."""
+
+    exit_code = 9
+    kind = "task_lost"

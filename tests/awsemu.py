@@ -99,6 +99,10 @@ class ProxyState:
     hooks: list[Callable[[str, str], None]] = field(default_factory=list)
     # Called as rewrite(service, operation, body) -> body on each forwarded answer
     rewrites: list[Callable[[str, str, bytes], bytes]] = field(default_factory=list)
+    # operation -> calls whose answer is lost: forwarded (AWS acts), then a 503 comes back
+    lose_replies: dict[str, int] = field(default_factory=dict)
+    # (service, operation) -> an error answered instead of forwarding: (status, code)
+    errors: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.throttle.clear()
@@ -108,6 +112,8 @@ class ProxyState:
         self.bodies.clear()
         self.hooks.clear()
         self.rewrites.clear()
+        self.lose_replies.clear()
+        self.errors.clear()
 
 
 class ThrottlingProxy:
@@ -143,6 +149,14 @@ class ThrottlingProxy:
                     content_type, text = _THROTTLE_BODIES[kind]
                     self._answer(400, {"Content-Type": content_type}, text.encode())
                     return
+                error = state.errors.get((service, operation))
+                if error is not None:
+                    status, code = error
+                    body_text = json.dumps({"__type": code, "message": f"emulated {code}"})
+                    self._answer(
+                        status, {"Content-Type": "application/x-amz-json-1.1"}, body_text.encode()
+                    )
+                    return
                 upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 upstream.request("POST", self.path, body=body, headers=headers)
@@ -155,6 +169,18 @@ class ThrottlingProxy:
                     hook(service, operation)
                 for rewrite in list(state.rewrites):
                     data = rewrite(service, operation, data)
+                with lock:
+                    lose = state.lose_replies.get(operation, 0) > 0
+                    if lose:
+                        state.lose_replies[operation] -= 1
+                if lose:
+                    lost = {"__type": "ServiceUnavailableException", "message": "reply lost"}
+                    self._answer(
+                        503,
+                        {"Content-Type": "application/x-amz-json-1.1"},
+                        json.dumps(lost).encode(),
+                    )
+                    return
                 self._answer(
                     response.status,
                     {

@@ -110,6 +110,8 @@ def ecs_run(aws: awsemu.Emulator, net: dict[str, str], *extra: str, **env: str) 
         "0.1",
         "--deadline",
         "60",
+        "--log-grace",
+        "1",
         *extra,
     )
 
