@@ -8,7 +8,11 @@ IMAGE  ?= aurora-bootstrap:local
 # Compose v2 (`docker compose`) where the plugin is installed, else v1 (`docker-compose`).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 BENCH_OUT ?= bench/out/results.md
-ARCH   := $(shell uname -m)
+# The image's platform: the building machine's by default; PLATFORM=linux/arm64 builds
+# for Graviton (CpuArchitecture=ARM64 in deploy/cloudformation.yaml) from any machine
+# whose Docker can run arm64 build steps (binfmt/QEMU on x86).
+PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
+ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps run db-stop test lint format clean wheels image image-prune compose-up compose-run bench
@@ -67,8 +71,9 @@ certs/rds-global-bundle.pem:
 	mkdir -p certs
 	curl -fsSL -o $@ https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
-image: wheels certs/rds-global-bundle.pem ## build the image (BASE_IMAGE=..., IMAGE=...)
-	docker build --network=none --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . >&2
+image: wheels certs/rds-global-bundle.pem ## build the image (BASE_IMAGE=..., IMAGE=..., PLATFORM=linux/arm64)
+	docker build --network=none --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		-t $(IMAGE) . >&2
 	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes' >&2
 
 image-prune: ## remove what image builds leave behind (the labelled build stage, ~200 MB)

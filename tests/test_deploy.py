@@ -3,13 +3,18 @@ no more than the job needs; the buildspec runs ecs-run and fails on its exit cod
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from cfnlint.decode import decode
+
+from tests import awsemu
+from tests.conftest import job_env, run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "cloudformation.yaml"
@@ -132,3 +137,163 @@ def test_buildspec_build_step_exits_with_ecs_runs_code(tmp_path: Path) -> None:
         )
         assert done.returncode == 6, done.stderr
     assert (tmp_path / "ecs-run.json").read_text().startswith('{"command": "ecs-run"')
+
+
+def test_template_guards_what_a_first_deployment_trips_on() -> None:
+    data = template()
+    pattern = re.compile(data["Parameters"]["ClusterIdentifier"]["AllowedPattern"])
+    assert pattern.fullmatch("prod-aurora") and not pattern.fullmatch("Prod-Aurora")
+    resources = data["Resources"]
+    assert resources["LogGroup"]["DeletionPolicy"] == "Retain"
+    assert resources["LogGroup"]["UpdateReplacePolicy"] == "Retain"
+    assert "AWS::StackName" in str(resources["LogGroup"]["Properties"]["LogGroupName"])
+    assert data["Parameters"]["CpuArchitecture"]["AllowedValues"] == ["X86_64", "ARM64"]
+    egress = resources["TaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    assert {rule["FromPort"] if isinstance(rule["FromPort"], int) else "db" for rule in egress} == {
+        443,
+        "db",
+    }
+    assert {"TaskSecurityGroupId", "Subnets", "TaskDefinitionArn"} <= data["Outputs"].keys()
+
+
+_REGISTERED = (
+    "family",
+    "taskRoleArn",
+    "executionRoleArn",
+    "networkMode",
+    "containerDefinitions",
+    "requiresCompatibilities",
+    "cpu",
+    "memory",
+    "runtimePlatform",
+)
+
+
+def _without_nulls(definition: dict[str, Any]) -> dict[str, Any]:
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [clean(v) for v in value if v is not None]
+        return value
+
+    return {k: clean(definition[k]) for k in _REGISTERED if definition.get(k) is not None}
+
+
+def _deploy(aws: awsemu.Emulator, name: str, **parameters: str) -> dict[str, str]:
+    cfn = aws.admin("cloudformation")
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+@pytest.mark.parametrize("source", ["managed-secret", "secret-arn", "ecs-secret"])
+def test_template_deploys_and_ecs_run_runs_the_task_it_defines(
+    aws: awsemu.Emulator, source: str
+) -> None:
+    """Deployed into moto's CloudFormation, which creates the resources but evaluates
+    no IAM policy (the roles' actions are checked one by one above); ecs-run then runs
+    the task definition the stack made, in the subnets and security group it outputs.
+    moto runs no container: the task stops with exit code 0. Scripted: moto keeps an
+    AWS::NoValue in a list as null, and its RunTask then fails, as it does without a
+    container-level memory figure (Fargate needs none); the definition is registered
+    again without the nulls and with the task's memory on its container."""
+    ec2 = aws.admin("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.1.{i}.0/24")["Subnet"]["SubnetId"]
+        for i in (1, 2)
+    ]
+    database = ec2.create_security_group(GroupName="db", Description="db", VpcId=vpc)["GroupId"]
+    secret = aws.admin("secretsmanager").create_secret(Name=f"master-{source}", SecretString="{}")
+    aws.admin("ecs").create_cluster(clusterName="pipeline")
+    stack = f"aurora-bootstrap-{source}"
+    outputs = _deploy(
+        aws,
+        stack,
+        Image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/aurora-bootstrap:1.0",
+        ClusterIdentifier="prod-aurora",
+        CredentialSource=source,
+        MasterSecretArn=secret["ARN"],
+        IamUsers="app_user:app_readwrite",
+        VpcId=vpc,
+        Subnets=",".join(subnets),
+        DatabaseSecurityGroupId=database,
+        DbHost="db.example" if source == "ecs-secret" else "",
+        DbUser="master" if source == "ecs-secret" else "",
+    )
+    assert outputs["Subnets"] == ",".join(subnets)
+    rules = ec2.describe_security_groups(GroupIds=[database])["SecurityGroups"][0]["IpPermissions"]
+    assert any(
+        pair["GroupId"] == outputs["TaskSecurityGroupId"]
+        for rule in rules
+        if rule.get("FromPort") == 5432
+        for pair in rule.get("UserIdGroupPairs", [])
+    ), rules
+    definition = aws.admin("ecs").describe_task_definition(
+        taskDefinition=outputs["TaskDefinitionArn"]
+    )["taskDefinition"]
+    [container] = definition["containerDefinitions"]
+    # moto leaves an AWS::NoValue in a list as null, where CloudFormation drops it.
+    environment = {e["name"]: e["value"] for e in container["environment"] if e}
+    assert environment["DB_CLUSTER_ID"] == "prod-aurora"
+    assert ("DB_SECRET_ARN" in environment) == (source == "secret-arn")
+    injected = [s["name"] for s in container.get("secrets") or [] if s]
+    assert injected == (["DB_PASSWORD"] if source == "ecs-secret" else [])
+    assert container["logConfiguration"]["options"]["awslogs-group"] == (
+        f"/ecs/aurora-bootstrap/{stack}"
+    )
+    # moto's RunTask fails on those nulls: register the definition as CloudFormation
+    # would have, without them.
+    registered = _without_nulls(definition)
+    # moto's RunTask also wants a memory figure per container, which Fargate does not:
+    # the task's own is given.
+    registered["containerDefinitions"][0]["memory"] = int(definition["memory"])
+    arn = aws.admin("ecs").register_task_definition(**registered)["taskDefinition"][
+        "taskDefinitionArn"
+    ]
+    run = run_job(
+        job_env(**awsemu.client_env(aws.url)),
+        "ecs-run",
+        "--cluster",
+        "pipeline",
+        "--task-definition",
+        arn,
+        "--subnets",
+        outputs["Subnets"],
+        "--security-groups",
+        outputs["TaskSecurityGroupId"],
+        "--poll-seconds",
+        "0.1",
+        "--log-grace",
+        "0",
+        "--deadline",
+        "30",
+    )
+    assert run.code == 0, run
+    assert run.result["container"] == "bootstrap"
+    # The log group, the audit trail, outlives the stack.
+    aws.admin("cloudformation").delete_stack(StackName=stack)
+    groups = aws.admin("logs").describe_log_groups(logGroupNamePrefix="/ecs/aurora-bootstrap/")
+    assert f"/ecs/aurora-bootstrap/{stack}" in {g["logGroupName"] for g in groups["logGroups"]}
+
+
+def test_make_image_builds_for_the_architecture_asked_for() -> None:
+    """PLATFORM picks the wheels' architecture and the image's platform together, so
+    an image for CpuArchitecture=ARM64 can be built on an x86 machine (dry run: no
+    engine here runs arm64 build steps)."""
+    done = subprocess.run(
+        ["make", "-n", "image", "PLATFORM=linux/arm64", "BASE_IMAGE=base"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "manylinux2014_aarch64" in done.stdout and "x86_64" not in done.stdout
+    assert "--platform linux/arm64" in done.stdout
