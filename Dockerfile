@@ -2,8 +2,8 @@
 #
 # Built from a wheelhouse made beforehand (`make wheels`): every dependency from the
 # hashed lock file plus the app's own wheel, so the build needs no network. The RDS
-# CA bundle is part of the build context (`make image` fetches it; CI passes a
-# stand-in), installed where DB_SSLROOTCERT points by default.
+# CA bundle is the tracked ca/rds-global-bundle.pem (`make ca-bundle` refreshes and
+# checks it; `make image` checks it first), installed where DB_SSLROOTCERT points.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
@@ -20,8 +20,9 @@ RUN python3 -m venv /opt/aurora-bootstrap \
  && /opt/aurora-bootstrap/bin/python -m compileall -q -j 0 /opt/aurora-bootstrap/lib
 
 FROM ${BASE_IMAGE}
-# Any .pem under certs/ can be the bundle: --build-arg RDS_CA_BUNDLE=certs/NAME.pem
-ARG RDS_CA_BUNDLE=certs/rds-global-bundle.pem
+# Another bundle (a private CA in front of the database): put it under certs/ and
+# pass --build-arg RDS_CA_BUNDLE=certs/NAME.pem
+ARG RDS_CA_BUNDLE=ca/rds-global-bundle.pem
 COPY --from=build /opt/aurora-bootstrap /opt/aurora-bootstrap
 COPY ${RDS_CA_BUNDLE} /etc/aurora-bootstrap/rds-global-bundle.pem
 ENV PATH="/opt/aurora-bootstrap/bin:${PATH}" \

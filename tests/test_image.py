@@ -106,6 +106,21 @@ def test_image_bad_setting_exits_2(pg15: localpg.LocalPostgres) -> None:
     assert catalog(pg15) == before
 
 
+def test_image_ships_the_tracked_rds_bundle() -> None:
+    image = _need_engine()
+    shipped = docker(
+        "run",
+        "--rm",
+        "--network=none",
+        "--entrypoint",
+        "cat",
+        image,
+        "/etc/aurora-bootstrap/rds-global-bundle.pem",
+    )
+    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.stdout == (ROOT / "ca" / "rds-global-bundle.pem").read_text()
+
+
 def test_image_runs_as_non_root_with_its_ca_bundle_and_init_sql() -> None:
     image = _need_engine()
     probe = docker(
@@ -214,12 +229,13 @@ def test_image_takes_its_bundle_from_any_pem_under_certs(
     assert pg15.tls is not None
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("Dockerfile", ".dockerignore", "requirements.lock", "wheels", "certs"):
+    for name in ("Dockerfile", ".dockerignore", "requirements.lock", "wheels", "ca"):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, context / name)
         else:
             shutil.copy2(source, context / name)
+    (context / "certs").mkdir()
     shutil.copy2(pg15.tls.ca_pem, context / "certs" / "my-bundle.pem")
     tag = "aurora-bootstrap:custom-bundle"
     base = docker("image", "inspect", image, "--format", "{{.Id}}")
