@@ -32,6 +32,8 @@ COMMANDS = {
     "token": "print an IAM auth token for USER on the configured endpoint",
     "policy": "print the IAM policy that allows rds-db:connect for the listed users",
     "ecs-run": "run this job as an ECS task, stream its logs, exit with its container's code",
+    "iam-auth-server": "local stand-in for Aurora's IAM token check, for PostgreSQL's ldap "
+    "auth (IAM_AUTH_LISTEN, IAM_AUTH_ENDPOINT, IAM_AUTH_KEYS, AWS_REGION); runs until SIGTERM",
 }
 
 
@@ -324,6 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             emit(_result(command, started, failed, {}))
 
+    if command == "iam-auth-server":
+        from app import iamauthserver  # noqa: PLC0415
+
+        # A server: no result line; a bad setting is logged and exits 2 as anywhere.
+        return _guarded(iamauthserver.main).exit_code
     interrupt.install(hard_stop)
     if command in PRINTERS:
         # token and policy: their output alone on stdout; failures only on stderr.

@@ -120,6 +120,9 @@ class LocalPostgres:
     # Let members of rds_iam in without a password check, standing in for Aurora's
     # IAM token check (which no local server can do), so `verify --connect` runs.
     trust_rds_iam: bool = False
+    # Send members of rds_iam to an LDAP server on this port for their password (the
+    # iam-auth-server: Aurora's token check), instead of trusting them.
+    iam_ldap_port: int | None = None
     superuser_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     master_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     _proc: subprocess.Popen[bytes] | None = None
@@ -191,11 +194,17 @@ class LocalPostgres:
         ]
         hba = ["local all all scram-sha-256"]
         host = "hostssl" if self.tls is not None else "host"
-        if self.trust_rds_iam:
+        if self.trust_rds_iam or self.iam_ldap_port:
             # The master is a member of rds_iam too, through rds_superuser's ADMIN
             # OPTION, and "+rds_iam" matches indirect members: keep passwords for the
             # master and superuser by listing them first.
             hba.append(f"{host} all {SUPERUSER},{MASTER_USER} 127.0.0.0/8 scram-sha-256")
+        if self.iam_ldap_port:
+            hba.append(
+                f"{host} all +rds_iam 127.0.0.0/8 ldap ldapserver=127.0.0.1 "
+                f'ldapport={self.iam_ldap_port} ldapprefix="cn=" ldapsuffix=",dc=rds-iam"'
+            )
+        elif self.trust_rds_iam:
             hba.append(f"{host} all +rds_iam 127.0.0.0/8 trust")
         if self.tls is not None:
             for name in ("ca_pem", "cert_pem", "key_pem"):
@@ -349,13 +358,19 @@ def make_tls(directory: Path) -> TLSFiles:
 
 
 def new_server(
-    bindir: Path, tls: bool, base: Path | None = None, trust_rds_iam: bool = False
+    bindir: Path,
+    tls: bool,
+    base: Path | None = None,
+    trust_rds_iam: bool = False,
+    iam_ldap_port: int | None = None,
 ) -> LocalPostgres:
     bindir = reachable_bindir(bindir)
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="aurora-bootstrap-pg-"))
         base.chmod(0o755)  # the server's OS user must reach its data directory below
-    server = LocalPostgres(bindir=bindir, base=base / "pg", trust_rds_iam=trust_rds_iam)
+    server = LocalPostgres(
+        bindir=bindir, base=base / "pg", trust_rds_iam=trust_rds_iam, iam_ldap_port=iam_ldap_port
+    )
     if tls:
         server.tls = make_tls(base / "tls")
     server.init()
