@@ -109,6 +109,10 @@ class Cluster:
     master_username: str
     resource_id: str
     secret_arn: str | None
+    # "password", "iam-db-auth" or "iam-db-auth-and-password" where the API reports it
+    master_auth: str | None = None
+    # What ENABLE_IAM_AUTH did, or with plan would do, to the cluster.
+    changes: tuple[dict[str, object], ...] = ()
 
     @property
     def partition_region_account(self) -> tuple[str, str, str]:
@@ -193,8 +197,14 @@ class Aws:
         }
         return frozenset(given_up) | CLUSTER_NEEDS_SOMEONE
 
-    def cluster(self, identifier: str) -> Cluster:
-        """The cluster, once it is available and its managed secret is usable."""
+    def cluster(self, identifier: str, *, enable_iam_auth: str | None = None) -> Cluster:
+        """The cluster, once it is available and its managed secret is usable.
+
+        IAM database authentication must be on. With enable_iam_auth "apply" it is
+        turned on if it is off (ModifyDBCluster) and waited for; with "plan" the
+        cluster is left as it is and the change it would need is reported.
+        """
+        changes: list[dict[str, object]] = []
 
         def once() -> Cluster:
             found = self.rds.describe_db_clusters(DBClusterIdentifier=identifier)["DBClusters"][0]
@@ -207,11 +217,7 @@ class Aws:
             if secret.get("SecretStatus") in SECRET_BUSY:
                 raise NotReady(f"master secret of {identifier} is {secret['SecretStatus']}")
             if not found.get("IAMDatabaseAuthenticationEnabled"):
-                raise AwsError(
-                    f"IAM database authentication is disabled on cluster {identifier}; enable "
-                    f"it with: aws rds modify-db-cluster --db-cluster-identifier {identifier} "
-                    "--enable-iam-database-authentication --apply-immediately"
-                )
+                self._iam_auth_off(identifier, enable_iam_auth, changes)
             return Cluster(
                 identifier=identifier,
                 arn=found["DBClusterArn"],
@@ -220,11 +226,43 @@ class Aws:
                 master_username=found["MasterUsername"],
                 resource_id=found["DbClusterResourceId"],
                 secret_arn=secret.get("SecretArn"),
+                master_auth=str(found.get("MasterUserAuthenticationType") or "") or None,
+                changes=tuple(changes),
             )
 
         return self.call(
             once, what=f"describing cluster {identifier}", missing=f"cluster {identifier}"
         )
+
+    def _iam_auth_off(
+        self, identifier: str, enable: str | None, changes: list[dict[str, object]]
+    ) -> None:
+        """IAM database authentication is off: enable it (then wait), plan it, or fail."""
+        if enable is None:
+            raise AwsError(
+                f"IAM database authentication is disabled on cluster {identifier}; set "
+                f"ENABLE_IAM_AUTH=true, or enable it with: aws rds modify-db-cluster "
+                f"--db-cluster-identifier {identifier} --enable-iam-database-authentication "
+                "--apply-immediately"
+            )
+        if not changes:
+            changes.append({"action": "enable_iam_auth", "cluster": identifier})
+            if enable == "plan":
+                log.event("iam_auth_would_enable", cluster=identifier)
+                return
+            self.call(
+                lambda: self.rds.modify_db_cluster(
+                    DBClusterIdentifier=identifier,
+                    EnableIAMDatabaseAuthentication=True,
+                    ApplyImmediately=True,
+                ),
+                what=f"enabling IAM database authentication on cluster {identifier}",
+                missing=f"cluster {identifier}",
+            )
+            log.event("iam_auth_enabling", cluster=identifier)
+        elif enable == "plan":
+            return
+        raise NotReady(f"IAM database authentication is not on yet on cluster {identifier}")
 
     def auth_token(self, host: str, port: int, user: str) -> str:
         """Signed locally with the caller's credentials: no AWS call is made."""
@@ -282,11 +320,20 @@ def parse_secret(secret_id: str, text: str | None) -> SecretLogin:
     )
 
 
-def resolve_login(settings: Settings, deadline: Deadline) -> MasterLogin:
+def resolve_login(settings: Settings, deadline: Deadline, *, plan: bool = False) -> MasterLogin:
     """The spec's order: DB_PASSWORD, else DB_SECRET_ARN, else the cluster's managed
-    secret. Explicit DB_* settings override what is discovered."""
+    secret; or, with DB_IAM_AUTH (or a cluster whose master is IAM-only), a token.
+    Explicit DB_* settings override what is discovered."""
     aws = Aws(deadline)
-    cluster = aws.cluster(settings.db_cluster_id) if settings.db_cluster_id else None
+    enable = ("plan" if plan else "apply") if settings.enable_iam_auth else None
+    cluster = (
+        aws.cluster(settings.db_cluster_id, enable_iam_auth=enable)
+        if settings.db_cluster_id
+        else None
+    )
+    if _by_token(settings, cluster):
+        return _token_login(settings, aws, cluster)
+    prior = list(cluster.changes) if cluster else []
     secret_id = settings.db_secret_arn or (cluster.secret_arn if cluster else None)
     secret: SecretLogin | None = None
     if settings.db_password is None:
@@ -327,7 +374,7 @@ def resolve_login(settings: Settings, deadline: Deadline) -> MasterLogin:
     if secret is None:
         # Only when DB_PASSWORD is set: AWS supplied the endpoint or user alone.
         password = settings.db_password.get_secret_value() if settings.db_password else ""
-        return MasterLogin(host, port, dbname, user, password, source="env")
+        return MasterLogin(host, port, dbname, user, password, source="env", prior_changes=prior)
     return MasterLogin(
         host,
         port,
@@ -336,6 +383,40 @@ def resolve_login(settings: Settings, deadline: Deadline) -> MasterLogin:
         secret.password,
         source="secret" if settings.db_secret_arn else "cluster",
         refetch=lambda: aws.secret(secret_id).password if secret_id else secret.password,
+        prior_changes=prior,
+    )
+
+
+def _by_token(settings: Settings, cluster: Cluster | None) -> bool:
+    """DB_IAM_AUTH, or no password source given and a cluster that reports an IAM-only
+    master (MasterUserAuthenticationType iam-db-auth)."""
+    if settings.db_iam_auth:
+        return True
+    return (
+        cluster is not None
+        and cluster.master_auth == "iam-db-auth"
+        and settings.db_password is None
+        and settings.db_secret_arn is None
+    )
+
+
+def _token_login(settings: Settings, aws: Aws, cluster: Cluster | None) -> MasterLogin:
+    host = settings.db_host or (cluster.endpoint if cluster else None)
+    user = settings.db_user or (cluster.master_username if cluster else None)
+    if host is None or user is None:
+        missing = "DB_HOST" if host is None else "DB_USER"
+        raise ConfigError(missing, "not set, and no DB_CLUSTER_ID to find it (DB_IAM_AUTH)")
+    port = settings.db_port or (cluster.port if cluster else DEFAULT_PORT)
+    log.event("iam_login", user=user, reason="the master logs in with an IAM token")
+    return MasterLogin(
+        host,
+        port,
+        settings.db_name,
+        user,
+        "",
+        source="iam",
+        token=lambda: aws.auth_token(host, port, user),
+        prior_changes=list(cluster.changes) if cluster else [],
     )
 
 
@@ -361,6 +442,9 @@ def connect_policy(settings: Settings, deadline: Deadline) -> dict[str, Any]:
     cluster = Aws(deadline).cluster(settings.db_cluster_id)
     partition, region, account = cluster.partition_region_account
     prefix = f"arn:{partition}:rds-db:{region}:{account}:dbuser:{cluster.resource_id}"
+    names = [user.name for user in settings.iam_users]
+    if _by_token(settings, cluster):
+        names.append(settings.db_user or cluster.master_username)  # the job's own login
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -368,7 +452,7 @@ def connect_policy(settings: Settings, deadline: Deadline) -> dict[str, Any]:
                 "Sid": "AuroraIamConnect",
                 "Effect": "Allow",
                 "Action": "rds-db:connect",
-                "Resource": [f"{prefix}/{user.name}" for user in settings.iam_users],
+                "Resource": [f"{prefix}/{name}" for name in names],
             }
         ],
     }

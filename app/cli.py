@@ -134,6 +134,7 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
     """apply, plan and verify: log in as the master user and work in one transaction.
     Returns the fields of the result line."""
     from app import apply, connect, credentials, retry, script, verify  # noqa: PLC0415
+    from app.changelog import ChangeLog  # noqa: PLC0415
     from app.users import check_master  # noqa: PLC0415
 
     command = args.command or "apply"
@@ -143,7 +144,7 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
     if problems:
         raise ConfigError.all_of(problems)
     program = script.load(conf.init_sql) if command != "verify" else None
-    login = credentials.resolve(conf, deadline)
+    login = credentials.resolve(conf, deadline, plan=command == "plan")
     check_master(conf.iam_users, login.user)
     log.event(
         "start",
@@ -191,7 +192,13 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
     inputs = apply.Inputs(conf.iam_users, login.user, conf.prune)
     attempts = apply.Attempts(program, inputs, deadline, commit=command == "apply")
     applied = with_retries("connecting and applying init.sql", attempts)
-    fields = {"changes": applied.changes}
+    changes = applied.changes
+    if login.prior_changes:  # enabling IAM auth on the cluster came first
+        changes = ChangeLog()
+        for change in login.prior_changes:
+            changes.add(change)
+        changes.extend(applied.changes)
+    fields = {"changes": changes}
     if applied.findings:
         fields["findings"] = applied.findings
     if applied.confirmed_after_reconnect:

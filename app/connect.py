@@ -107,7 +107,7 @@ def connect(
                 port=login.port,
                 dbname=login.dbname,
                 user=login.user,
-                password=login.password,
+                password=login.attempt_password(),
                 connect_timeout=timeout,
                 application_name=APPLICATION_NAME,
                 sslmode=settings.db_sslmode,
@@ -123,6 +123,14 @@ def connect(
             )
         except psycopg.OperationalError as exc:
             if is_auth_failure(exc):
+                if login.source == "iam":
+                    raise LoginRefused(
+                        f"{login.user}@{login.host}: the IAM token login was refused: "
+                        f"{describe(exc)}. Likely causes: the task role lacks rds-db:connect "
+                        f"on dbuser:.../{login.user} (see `aurora-bootstrap policy`), IAM "
+                        f"database authentication is off on the cluster (ENABLE_IAM_AUTH), "
+                        f"or {login.user} is not a member of rds_iam"
+                    ) from None
                 if login.refresh_password():
                     log.event("secret_refetched", reason="login refused; secret may have rotated")
                     continue

@@ -14,11 +14,9 @@ from app.settings import Settings
 
 def check(settings: Settings) -> ConfigError | None:
     """The first thing a run needs: somewhere to log in. None when there is one."""
-    given = (
-        ("DB_HOST", settings.db_host),
-        ("DB_USER", settings.db_user),
-        ("DB_PASSWORD", settings.db_password),
-    )
+    given: list[tuple[str, object]] = [("DB_HOST", settings.db_host), ("DB_USER", settings.db_user)]
+    if not settings.db_iam_auth:  # else a token, signed for each attempt, is the password
+        given.append(("DB_PASSWORD", settings.db_password))
     missing = [name for name, value in given if value is None]
     if not missing or settings.db_secret_arn or settings.db_cluster_id:
         return None
@@ -29,10 +27,12 @@ def check(settings: Settings) -> ConfigError | None:
     )
 
 
-def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
+def resolve(settings: Settings, deadline: Deadline, *, plan: bool = False) -> MasterLogin:
     """The master login, from the environment alone when it can be."""
     host, user, password = settings.db_host, settings.db_user, settings.db_password
-    if host is not None and user is not None and password is not None:
+    # ENABLE_IAM_AUTH and DB_IAM_AUTH need the cluster, or a token: AWS either way.
+    aws_needed = settings.db_iam_auth or settings.enable_iam_auth
+    if host is not None and user is not None and password is not None and not aws_needed:
         return MasterLogin(
             host=host,
             port=settings.db_port or DEFAULT_PORT,
@@ -46,4 +46,4 @@ def resolve(settings: Settings, deadline: Deadline) -> MasterLogin:
         raise missing
     from app import aws  # noqa: PLC0415 (the AWS SDK loads only on this path)
 
-    return aws.resolve_login(settings, deadline)
+    return aws.resolve_login(settings, deadline, plan=plan)

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
         300.0, alias="DEADLINE_SECONDS", gt=0, le=86400, allow_inf_nan=False
     )
     connect_timeout: int = Field(10, alias="CONNECT_TIMEOUT", ge=1, le=3600)
+    db_iam_auth: bool = Field(False, alias="DB_IAM_AUTH")
+    enable_iam_auth: bool = Field(False, alias="ENABLE_IAM_AUTH")
     log_format: Literal["json", "text"] | None = Field(None, alias="LOG_FORMAT")
     log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
 
@@ -122,6 +124,23 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.db_user is not None:
             users.check_master(self.iam_users, self.db_user)
+        if self.db_iam_auth:
+            given = [
+                name
+                for name, value in (
+                    ("DB_PASSWORD", self.db_password),
+                    ("DB_SECRET_ARN", self.db_secret_arn),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ConfigError(
+                    "DB_IAM_AUTH",
+                    f"the job logs in with an IAM token, so {' and '.join(given)} must not be "
+                    "set too",
+                )
+        if self.enable_iam_auth and not self.db_cluster_id:
+            raise ConfigError("ENABLE_IAM_AUTH", "needs DB_CLUSTER_ID: the cluster to modify")
         return self
 
     @property

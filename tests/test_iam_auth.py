@@ -6,6 +6,7 @@ which verifies the token's SigV4 signature."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ import botocore.auth
 import psycopg
 import pytest
 
+from app import aws as app_aws
+from app import settings as app_settings
 from tests import awsemu
 from tests.conftest import CLI, IN_CI, OUTPUTS, SECRETS, job_env, reset, run_job
 from tools import localpg
@@ -238,3 +241,185 @@ def test_bad_server_settings_exit_2(env: dict[str, str], setting: str) -> None:
     OUTPUTS.extend((done.stdout, done.stderr))
     assert done.returncode == 2, done.stderr
     assert setting in done.stderr
+
+
+# The job's own login by token: DB_IAM_AUTH, and clusters whose master is IAM-only.
+
+IAM_MASTER = "iam_master"
+
+
+def _iam_master(stack: IamAuth) -> None:
+    """A master as Aurora makes it with --master-user-authentication-type iam-db-auth:
+    no password, a member of rds_iam."""
+    with stack.pg.superuser_connect() as conn:
+        conn.execute(f"CREATE ROLE {IAM_MASTER} LOGIN CREATEROLE IN ROLE rds_superuser, rds_iam")
+
+
+def _token_env(stack: IamAuth, **overrides: str) -> dict[str, str]:
+    env = job_env(stack.pg, DB_USER=IAM_MASTER, AWS_REGION=REGION)
+    env.pop("DB_PASSWORD")
+    env |= {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    return env | overrides
+
+
+def test_the_job_logs_in_with_a_token_it_signs(iam_auth: IamAuth) -> None:
+    reset(iam_auth.pg)
+    _iam_master(iam_auth)
+    run = run_job(_token_env(iam_auth, DB_IAM_AUTH="true", IAM_USERS="carol"))
+    assert run.code == 0, run
+    assert {"action": "create_role", "role": "carol", "login": True} in run.changes
+    assert f'"user": "{IAM_MASTER}", "decision": "accepted"' in iam_auth.decisions()
+
+
+def test_a_refused_token_login_exits_4_naming_the_likely_causes(iam_auth: IamAuth) -> None:
+    reset(iam_auth.pg)
+    _iam_master(iam_auth)
+    env = _token_env(
+        iam_auth,
+        DB_IAM_AUTH="true",
+        IAM_USERS="carol",
+        AWS_ACCESS_KEY_ID=OTHER_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=OTHER_SECRET,
+    )
+    run = run_job(env)
+    assert run.code == 4, run
+    message = run.result["error"]["message"]
+    assert "rds-db:connect" in message and "rds_iam" in message
+
+
+def test_with_the_cluster_the_token_login_reads_no_secret(
+    iam_auth: IamAuth, aws: awsemu.Emulator
+) -> None:
+    """DB_IAM_AUTH with DB_CLUSTER_ID: user and endpoint come from the cluster (the
+    endpoint overridden to reach the local server), and no secret is read."""
+    reset(iam_auth.pg)
+    _iam_master(iam_auth)
+    creds = awsemu.client_env(aws.moto.url)
+    rds = boto3.client(
+        "rds",
+        endpoint_url=aws.moto.url,
+        region_name=REGION,  # the region the token check expects
+        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+    )
+    rds.create_db_cluster(
+        DBClusterIdentifier="iam-cluster",
+        Engine="aurora-postgresql",
+        MasterUsername=IAM_MASTER,
+        MasterUserPassword="unused-password",
+        EnableIAMDatabaseAuthentication=True,
+    )
+
+    env = _token_env(iam_auth, DB_CLUSTER_ID="iam-cluster", DB_IAM_AUTH="true", IAM_USERS="dave")
+    env |= awsemu.client_env(aws.url) | {
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": REGION,
+    }
+    env.pop("DB_USER")  # the cluster's MasterUsername
+    run = run_job(env)
+    assert run.code == 0, run
+    assert not [op for _service, op in aws.state.calls if op == "GetSecretValue"]
+    policy = run_job(env, "policy")
+    assert policy.code == 0, policy
+    resources = json.loads(policy.stdout)["Statement"][0]["Resource"]
+    assert [r.rsplit("/", 1)[1] for r in resources] == ["dave", IAM_MASTER]
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"DB_IAM_AUTH": "true", "DB_PASSWORD": "x-password"}, "DB_IAM_AUTH"),
+        ({"DB_IAM_AUTH": "true", "DB_SECRET_ARN": "arn:aws:secretsmanager:x"}, "DB_IAM_AUTH"),
+        ({"ENABLE_IAM_AUTH": "true", "DB_PASSWORD": "x-password"}, "ENABLE_IAM_AUTH"),
+    ],
+)
+def test_settings_that_contradict_a_token_login_exit_2(env: dict[str, str], setting: str) -> None:
+    base = {"DB_HOST": "127.0.0.1", "DB_USER": "m", "DB_SSLMODE": "disable"}
+    run = run_job(job_env(**base, **env))
+    assert run.code == 2, run
+    assert run.result["error"]["message"].startswith(f"{setting}:")
+
+
+# ENABLE_IAM_AUTH: the seed's step 2.
+
+
+def _cluster_without_iam(aws: awsemu.Emulator, pg: localpg.LocalPostgres) -> dict[str, str]:
+    aws.admin("rds").create_db_cluster(
+        DBClusterIdentifier="plain-cluster",
+        Engine="aurora-postgresql",
+        MasterUsername=localpg.MASTER_USER,
+        MasterUserPassword="unused-password",
+        EnableIAMDatabaseAuthentication=False,
+    )
+    return job_env(
+        pg, **awsemu.client_env(aws.url), DB_CLUSTER_ID="plain-cluster", IAM_USERS="erin"
+    )
+
+
+class ModifyScript:
+    """Scripted: moto accepts ModifyDBCluster but ignores EnableIAMDatabaseAuthentication.
+    After the call, as RDS does, the cluster is "modifying" once, then available with IAM
+    authentication on."""
+
+    def __init__(self, aws: awsemu.Emulator) -> None:
+        self.modified = False
+        self.describes_after = 0
+        aws.state.rewrites.append(self.rewrite)
+
+    def rewrite(self, service: str, operation: str, body: bytes) -> bytes:
+        if operation == "ModifyDBCluster":
+            self.modified = True
+        if operation != "DescribeDBClusters" or not self.modified:
+            return body
+        self.describes_after += 1
+        body = body.replace(
+            b"<IAMDatabaseAuthenticationEnabled>false</IAMDatabaseAuthenticationEnabled>",
+            b"<IAMDatabaseAuthenticationEnabled>true</IAMDatabaseAuthenticationEnabled>",
+        )
+        if self.describes_after == 1:
+            body = body.replace(b"<Status>available</Status>", b"<Status>modifying</Status>")
+        return body
+
+
+def test_enable_iam_auth_turns_it_on_then_applies(
+    pg: localpg.LocalPostgres, aws: awsemu.Emulator
+) -> None:
+    env = _cluster_without_iam(aws, pg)
+    script = ModifyScript(aws)
+    run = run_job(env | {"ENABLE_IAM_AUTH": "true"})
+    assert run.code == 0, run
+    assert run.changes[0] == {"action": "enable_iam_auth", "cluster": "plain-cluster"}
+    assert aws.state.calls.count(("rds", "ModifyDBCluster")) == 1
+    assert script.describes_after >= 2, "it waited for the cluster"
+    [modify] = [
+        body
+        for (_s, op), body in zip(aws.state.calls, aws.state.bodies, strict=True)
+        if op == "ModifyDBCluster"
+    ]
+    assert b"EnableIAMDatabaseAuthentication=true" in modify
+    assert b"ApplyImmediately=true" in modify
+    again = run_job(env | {"ENABLE_IAM_AUTH": "true"})
+    assert again.code == 0 and again.changes == []
+
+
+def test_plan_with_enable_iam_auth_only_says_it_would(
+    pg: localpg.LocalPostgres, aws: awsemu.Emulator
+) -> None:
+    env = _cluster_without_iam(aws, pg)
+    run = run_job(env | {"ENABLE_IAM_AUTH": "true"}, "plan")
+    assert run.code == 0, run
+    assert run.changes[0] == {"action": "enable_iam_auth", "cluster": "plain-cluster"}
+    assert ("rds", "ModifyDBCluster") not in aws.state.calls
+
+
+def test_a_cluster_that_reports_an_iam_only_master_defaults_to_a_token_login() -> None:
+    """DescribeDBClusters does not report MasterUserAuthenticationType today (botocore's
+    model of DBCluster lacks it); where it does, an IAM-only master means a token."""
+    cluster = app_aws.Cluster(
+        "c", "arn:aws:rds:eu-west-1:1:cluster:c", "h", 5432, "m", "r", None, "iam-db-auth"
+    )
+    bare = app_settings.Settings.model_validate({"DB_CLUSTER_ID": "c"})
+    assert app_aws._by_token(bare, cluster)
+    with_password = app_settings.Settings.model_validate({"DB_CLUSTER_ID": "c", "DB_PASSWORD": "p"})
+    assert not app_aws._by_token(with_password, cluster)
