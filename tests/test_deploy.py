@@ -3,6 +3,7 @@ no more than the job needs; the buildspec runs ecs-run and fails on its exit cod
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -19,7 +20,13 @@ from tests.conftest import job_env, run_job
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "cloudformation.yaml"
 
-TASK_ROLE_ACTIONS = {"rds:DescribeDBClusters", "secretsmanager:GetSecretValue", "kms:Decrypt"}
+TASK_ROLE_ACTIONS = {
+    "rds:DescribeDBClusters",
+    "rds:ModifyDBCluster",  # only with EnableIamAuth=true
+    "rds-db:connect",  # only with CredentialSource iam, on the master user alone
+    "secretsmanager:GetSecretValue",
+    "kms:Decrypt",
+}
 EXECUTION_ROLE_ACTIONS = {
     "ecr:GetAuthorizationToken",
     "ecr:BatchCheckLayerAvailability",
@@ -193,7 +200,7 @@ def _deploy(aws: awsemu.Emulator, name: str, **parameters: str) -> dict[str, str
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
-@pytest.mark.parametrize("source", ["managed-secret", "secret-arn", "ecs-secret"])
+@pytest.mark.parametrize("source", ["managed-secret", "secret-arn", "ecs-secret", "iam"])
 def test_template_deploys_and_ecs_run_runs_the_task_it_defines(
     aws: awsemu.Emulator, source: str
 ) -> None:
@@ -220,13 +227,15 @@ def test_template_deploys_and_ecs_run_runs_the_task_it_defines(
         Image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/aurora-bootstrap:1.0",
         ClusterIdentifier="prod-aurora",
         CredentialSource=source,
-        MasterSecretArn=secret["ARN"],
+        MasterSecretArn="" if source == "iam" else secret["ARN"],
+        ClusterResourceId="cluster-ABCDEFGHIJ" if source == "iam" else "",
+        EnableIamAuth="true" if source == "iam" else "false",
         IamUsers="app_user:app_readwrite",
         VpcId=vpc,
         Subnets=",".join(subnets),
         DatabaseSecurityGroupId=database,
         DbHost="db.example" if source == "ecs-secret" else "",
-        DbUser="master" if source == "ecs-secret" else "",
+        DbUser="master" if source in ("ecs-secret", "iam") else "",
     )
     assert outputs["Subnets"] == ",".join(subnets)
     rules = ec2.describe_security_groups(GroupIds=[database])["SecurityGroups"][0]["IpPermissions"]
@@ -244,6 +253,8 @@ def test_template_deploys_and_ecs_run_runs_the_task_it_defines(
     environment = {e["name"]: e["value"] for e in container["environment"] if e}
     assert environment["DB_CLUSTER_ID"] == "prod-aurora"
     assert ("DB_SECRET_ARN" in environment) == (source == "secret-arn")
+    assert ("DB_IAM_AUTH" in environment) == (source == "iam")
+    assert ("ENABLE_IAM_AUTH" in environment) == (source == "iam")
     injected = [s["name"] for s in container.get("secrets") or [] if s]
     assert injected == (["DB_PASSWORD"] if source == "ecs-secret" else [])
     assert container["logConfiguration"]["options"]["awslogs-group"] == (
@@ -297,3 +308,18 @@ def test_make_image_builds_for_the_architecture_asked_for() -> None:
     )
     assert "manylinux2014_aarch64" in done.stdout and "x86_64" not in done.stdout
     assert "--platform linux/arm64" in done.stdout
+
+
+def test_token_login_and_enabling_iam_auth_are_granted_only_when_asked_for() -> None:
+    granted = role_statements("TaskRole")
+    conditions = {
+        action: json.dumps(statement)
+        for statement in granted
+        for action in actions(statement)
+        if action in ("rds-db:connect", "rds:ModifyDBCluster")
+    }
+    resources = template()["Resources"]["TaskRole"]["Properties"]["Policies"][0]
+    policy = json.dumps(resources["PolicyDocument"])
+    assert '"IamLogin"' in policy and '"MayEnableIamAuth"' in policy
+    assert "dbuser:${ClusterResourceId}/${DbUser}" in conditions["rds-db:connect"]
+    assert "cluster:${ClusterIdentifier}" in conditions["rds:ModifyDBCluster"]

@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import boto3
 import pytest
 
+from app import ldapbind
 from app.apply import LOCK_KEY
-from tests.conftest import IN_CI, OUTPUTS, catalog, members_of, role
+from tests.conftest import IN_CI, OUTPUTS, SECRETS, catalog, members_of, role
 from tools import localpg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,3 +270,65 @@ def test_image_takes_its_bundle_from_any_pem_under_certs(
     labelled = docker("images", "-q", "--filter", "label=aurora-bootstrap.stage=build")
     assert labelled.stdout.strip(), "the build stage carries its label"
     docker("rmi", tag)
+
+
+def test_image_runs_the_iam_auth_server() -> None:
+    """The compose stack's iam-auth service: the same image, checking tokens over LDAP,
+    stopped by docker stop with exit 0."""
+    image = _need_engine()
+    port = localpg.free_port()
+    env = {
+        "IAM_AUTH_LISTEN": f"127.0.0.1:{port}",
+        "IAM_AUTH_ENDPOINT": "localhost:5432",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "AKIAIMAGETEST0000001",
+        "AWS_SECRET_ACCESS_KEY": "image-test-secret",
+    }
+    SECRETS.add("image-test-secret")
+    name = f"aurora-bootstrap-iam-{os.getpid()}"
+    names = [arg for key in env for arg in ("-e", key)]
+    started = docker(
+        "run", "-d", f"--name={name}", "--network=host", *names, image, "iam-auth-server", env=env
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        client = boto3.client(
+            "rds",
+            region_name="eu-west-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        token = client.generate_db_auth_token(
+            DBHostname="localhost", Port=5432, DBUsername="app_user"
+        )
+        SECRETS.add(token)
+        assert _bind(port, "cn=app_user,dc=rds-iam", token) == ldapbind.SUCCESS
+        assert _bind(port, "cn=report_user,dc=rds-iam", token) == ldapbind.INVALID_CREDENTIALS
+    finally:
+        stopped = docker("stop", "--time", "10", name)
+        waited = docker("wait", name)
+        logs = docker("logs", name)
+        docker("rm", name)
+    assert stopped.returncode == 0
+    assert waited.stdout.strip() == "0", logs.stderr
+    assert '"decision": "accepted"' in logs.stderr and token not in logs.stderr
+
+
+def _bind(port: int, name: str, password: str) -> int:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the iam-auth-server did not listen"
+            time.sleep(0.2)
+    with sock:
+        sock.sendall(ldapbind.bind_request(1, name, password))
+        answer = b""
+        while (size := ldapbind.message_size(answer)) is None:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed before a BindResponse"
+            answer += chunk
+    # BindResponse: SEQUENCE { messageID, [APPLICATION 1] { ENUMERATED resultCode, ... } }
+    return answer[:size][answer.index(bytes([ldapbind.ENUMERATED, 1])) + 2]
