@@ -167,7 +167,7 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
                 substr(e, length(substring(e FROM '^r:[^:]*:[^:]*:[^:]*:')) + 1) AS name
          FROM d WHERE left(e, 2) = 'r:'),
      gone AS (SELECT DISTINCT ON (oid) oid, name FROM r WHERE side = 'b'),
-     m AS MATERIALIZED (
+     named AS (
          SELECT x.side, coalesce(g1.rolname, o1.name) AS role,
                 coalesce(g2.rolname, o2.name) AS member,
                 coalesce(g3.rolname, o3.name) AS grantor, x.f[5] = '1' AS admin
@@ -175,6 +175,13 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
          LEFT JOIN pg_roles g1 ON g1.oid = x.f[2]::oid LEFT JOIN gone o1 ON o1.oid = x.f[2]::oid
          LEFT JOIN pg_roles g2 ON g2.oid = x.f[3]::oid LEFT JOIN gone o2 ON o2.oid = x.f[3]::oid
          LEFT JOIN pg_roles g3 ON g3.oid = x.f[4]::oid LEFT JOIN gone o3 ON o3.oid = x.f[4]::oid),
+     -- Each membership with the fields its change reports.
+     m AS MATERIALIZED (
+         SELECT n.*, jsonb_build_object('role', n.role, 'member', n.member,
+                                        'grantor', n.grantor)
+                     || CASE WHEN n.admin THEN '{{"admin_option": true}}'::jsonb
+                             ELSE '{{}}' END AS fields
+         FROM named AS n),
      ra AS MATERIALIZED (SELECT * FROM r WHERE side = 'a'),
      rb AS MATERIALIZED (SELECT * FROM r WHERE side = 'b'),
      ma AS MATERIALIZED (SELECT * FROM m WHERE side = 'a'),
@@ -201,26 +208,17 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
                                    {_COMMENT_OF_A})
          FROM ra a JOIN rb b ON b.name = a.name WHERE a.digest <> b.digest
          UNION ALL
-         SELECT 4, a.role, a.member, a.grantor, 0,
-                jsonb_build_object('action', 'grant', 'role', a.role, 'member', a.member,
-                                   'grantor', a.grantor)
-                || CASE WHEN a.admin THEN '{{"admin_option": true}}'::jsonb ELSE '{{}}' END
+         SELECT 4, a.role, a.member, a.grantor, 0, '{{"action": "grant"}}'::jsonb || a.fields
          FROM ma a
          WHERE NOT EXISTS (SELECT FROM mb b WHERE (b.role, b.member, b.grantor)
                                                   = (a.role, a.member, a.grantor))
          UNION ALL
-         SELECT 5, b.role, b.member, b.grantor, 0,
-                jsonb_build_object('action', 'revoke', 'role', b.role, 'member', b.member,
-                                   'grantor', b.grantor)
-                || CASE WHEN b.admin THEN '{{"admin_option": true}}'::jsonb ELSE '{{}}' END
+         SELECT 5, b.role, b.member, b.grantor, 0, '{{"action": "revoke"}}'::jsonb || b.fields
          FROM mb b
          WHERE NOT EXISTS (SELECT FROM ma a WHERE (b.role, b.member, b.grantor)
                                                   = (a.role, a.member, a.grantor))
          UNION ALL
-         SELECT 6, a.role, a.member, a.grantor, 0,
-                jsonb_build_object('action', 'grant', 'role', a.role, 'member', a.member,
-                                   'grantor', a.grantor)
-                || CASE WHEN a.admin THEN '{{"admin_option": true}}'::jsonb ELSE '{{}}' END
+         SELECT 6, a.role, a.member, a.grantor, 0, '{{"action": "grant"}}'::jsonb || a.fields
          FROM ma a JOIN mb b ON (b.role, b.member, b.grantor) = (a.role, a.member, a.grantor)
          WHERE a.admin <> b.admin
          UNION ALL

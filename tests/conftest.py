@@ -20,6 +20,7 @@ import pytest
 
 from app.users import MANAGED_ROLE
 from tests import awsemu
+from tests.faultproxy import FaultProxy
 from tools import localpg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,3 +268,26 @@ def pytest_report_header() -> list[str]:
         f"python {sys.version.split()[0]}; cli {CLI}",
         *(f"PostgreSQL {v}: {b or 'not found'}" for v, b in found.items()),
     ]
+
+
+@pytest.fixture
+def proxy(pg: localpg.LocalPostgres) -> Iterator[FaultProxy]:
+    """A fault proxy in front of each server in turn."""
+    proxy = FaultProxy(pg.port)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def plain_proxy(pg18: localpg.LocalPostgres) -> Iterator[FaultProxy]:
+    """Reading the client's bytes needs the server without TLS."""
+    proxy = FaultProxy(pg18.port)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def tls_proxy(pg15: localpg.LocalPostgres) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(pg15.port)
+    yield proxy
+    proxy.stop()

@@ -3,49 +3,19 @@ leaving a partial state."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
 import pytest
 
-from tests.conftest import Job, catalog, job_env, members_of, role, run_job
+from tests.conftest import Job, catalog, job_env, members_of, run_job
 from tests.faultproxy import FaultProxy
+from tests.scenario import (
+    USERS,
+    assert_exact,
+    assert_untouched,
+    retries,
+    through,
+    wait_for_no_job_sessions,
+)
 from tools import localpg
-
-USERS = "alice:app_readonly,bob:app_readwrite:analytics,carol"
-EXPECTED = {
-    "alice": {"rds_iam", "app_readonly"},
-    "bob": {"rds_iam", "app_readwrite", "analytics"},
-    "carol": {"rds_iam"},
-}
-
-
-@pytest.fixture
-def proxy(pg: localpg.LocalPostgres) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(pg.port)
-    yield proxy
-    proxy.stop()
-
-
-def through(proxy: FaultProxy, pg: localpg.LocalPostgres, **overrides: str) -> dict[str, str]:
-    return job_env(pg, IAM_USERS=USERS, DB_PORT=str(proxy.port), **overrides)
-
-
-def assert_exact(pg: localpg.LocalPostgres) -> None:
-    state = catalog(pg)
-    for user, groups in EXPECTED.items():
-        assert role(state, user)[1] is True, user  # type: ignore[index]
-        assert members_of(state, user) == groups
-
-
-def assert_untouched(pg: localpg.LocalPostgres) -> None:
-    state = catalog(pg)
-    for name in [*EXPECTED, "analytics", "app_readonly", "app_readwrite"]:
-        assert role(state, name) is None, f"{name} left behind"
-
-
-def retries(run: object) -> list[dict[str, object]]:
-    return [e for e in run.logs if e["event"] == "retry"]  # type: ignore[attr-defined]
 
 
 def test_cluster_resuming_from_auto_pause(pg: localpg.LocalPostgres, proxy: FaultProxy) -> None:
@@ -69,14 +39,6 @@ def test_every_packet_delayed(pg: localpg.LocalPostgres, proxy: FaultProxy) -> N
     run = run_job(through(proxy, pg, DEADLINE_SECONDS="60"))
     assert run.code == 0, run
     assert_exact(pg)
-
-
-@pytest.fixture
-def plain_proxy(pg18: localpg.LocalPostgres) -> Iterator[FaultProxy]:
-    """Cutting on a statement reads the client's bytes: the server without TLS."""
-    proxy = FaultProxy(pg18.port)
-    yield proxy
-    proxy.stop()
 
 
 @pytest.mark.parametrize(
@@ -107,21 +69,8 @@ def test_connection_cut_mid_init_sql_leaves_nothing_behind(
     run = run_job(through(proxy, pg, DEADLINE_SECONDS="3"))
     assert run.code == 5, run
     assert proxy.faults.cuts == 1
-    _wait_for_no_job_sessions(pg)  # the server notices the lost client, rolls back
+    wait_for_no_job_sessions(pg)  # the server notices the lost client, rolls back
     assert_untouched(pg)
-
-
-def _wait_for_no_job_sessions(pg: localpg.LocalPostgres, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    with pg.superuser_connect() as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'aurora-bootstrap'"
-            ).fetchone()
-            if row is not None and row[0] == 0:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the cut session is still open")
 
 
 def test_server_restart_while_waiting_to_connect(pg: localpg.LocalPostgres) -> None:

@@ -19,77 +19,18 @@ from pathlib import Path
 import pytest
 
 from app.apply import LOCK_KEY
-from tests.conftest import IN_CI, Job, catalog, job_env, members_of, role, run_job
+from tests.conftest import IN_CI, Job, job_env, run_job
 from tests.faultproxy import FaultProxy
+from tests.scenario import (
+    EXPECTED,
+    USERS,
+    assert_exact,
+    assert_untouched,
+    retries,
+    through,
+    wait_for_no_job_sessions,
+)
 from tools import localpg
-
-USERS = "alice:app_readonly,bob:app_readwrite:analytics,carol"
-EXPECTED = {
-    "alice": {"rds_iam", "app_readonly"},
-    "bob": {"rds_iam", "app_readwrite", "analytics"},
-    "carol": {"rds_iam"},
-}
-
-
-def assert_exact(pg: localpg.LocalPostgres) -> None:
-    state = catalog(pg)
-    for user, groups in EXPECTED.items():
-        assert role(state, user)[1] is True, user  # type: ignore[index]
-        assert members_of(state, user) == groups
-
-
-def assert_untouched(pg: localpg.LocalPostgres, *names: str) -> None:
-    state = catalog(pg)
-    for name in names or [*EXPECTED, "analytics", "app_readonly", "app_readwrite"]:
-        assert role(state, name) is None, f"{name} left behind"
-
-
-def retries(run: object) -> list[dict[str, object]]:
-    return [e for e in run.logs if e["event"] == "retry"]  # type: ignore[attr-defined]
-
-
-def job_sessions(pg: localpg.LocalPostgres) -> int:
-    with pg.superuser_connect() as conn:
-        row = conn.execute(
-            "SELECT count(*)::int FROM pg_stat_activity WHERE application_name = 'aurora-bootstrap'"
-        ).fetchone()
-    assert row is not None
-    count: int = row[0]  # type: ignore[assignment]
-    return count
-
-
-def wait_for_no_job_sessions(pg: localpg.LocalPostgres, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while job_sessions(pg) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job_sessions(pg) == 0, "a session of the job is still open on the server"
-
-
-@pytest.fixture
-def proxy(pg: localpg.LocalPostgres) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(pg.port)
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
-def plain_proxy(pg18: localpg.LocalPostgres) -> Iterator[FaultProxy]:
-    """Reading the client's bytes needs the server without TLS."""
-    proxy = FaultProxy(pg18.port)
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
-def tls_proxy(pg15: localpg.LocalPostgres) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(pg15.port)
-    yield proxy
-    proxy.stop()
-
-
-def through(proxy: FaultProxy, pg: localpg.LocalPostgres, **overrides: str) -> dict[str, str]:
-    return job_env(pg, IAM_USERS=USERS, DB_PORT=str(proxy.port), **overrides)
-
 
 # 1. DEADLINE_SECONDS bounds the whole run
 
