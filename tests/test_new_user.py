@@ -56,7 +56,14 @@ def clone(tmp_path: Path) -> Iterator[Path]:
 
 def make(clone: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """make in the clone, with this session's venv standing in for `make install`."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "IAM_", "PG"))}
+    # A user's shell: no settings of the test run, and not inside another make (which
+    # would make this one print "Entering directory" on stdout, as make does).
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DB_", "IAM_", "PG"))
+        and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+    }
     done = subprocess.run(
         ["make", f"VENV={VENV}", "-o", f"{VENV}/bin/aurora-bootstrap", *args],
         cwd=clone,
