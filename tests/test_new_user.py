@@ -61,8 +61,7 @@ def make(clone: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
     base = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DB_", "IAM_", "PG"))
-        and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+        if not k.startswith(("DB_", "IAM_", "PG")) and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
     }
     done = subprocess.run(
         ["make", f"VENV={VENV}", "-o", f"{VENV}/bin/aurora-bootstrap", *args],
