@@ -56,7 +56,11 @@ format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install system-deps lint ## lint, then every test on PostgreSQL 15 and 18
+node_modules/.bin/asl-validator: package-lock.json
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error >&2; \
+	else echo "npm missing: the state machine definition's check is skipped" >&2; fi
+
+test: install system-deps lint node_modules/.bin/asl-validator ## lint, then every test on PostgreSQL 15 and 18
 	$(BIN)/pytest
 
 wheels: install ## the image's wheelhouse: locked dependencies and the app's wheel

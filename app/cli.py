@@ -32,6 +32,8 @@ COMMANDS = {
     "token": "print an IAM auth token for USER on the configured endpoint",
     "policy": "print the IAM policy that allows rds-db:connect for the listed users",
     "ecs-run": "run this job as an ECS task, stream its logs, exit with its container's code",
+    "fleet-run": "run the fleet state machine over a targets file (one bootstrap task per "
+    "cluster), follow it, one result row per target",
     "iam-auth-server": "local stand-in for Aurora's IAM token check, for PostgreSQL's ldap "
     "auth (IAM_AUTH_LISTEN, IAM_AUTH_ENDPOINT, IAM_AUTH_KEYS, AWS_REGION); runs until SIGTERM",
 }
@@ -73,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("user", metavar="USER", help="database user to sign in as")
         if name == "ecs-run":
             _ecs_flags(command)
+        if name == "fleet-run":
+            _fleet_flags(command)
         if name == "verify":
             command.add_argument(
                 "--connect",
@@ -115,6 +119,21 @@ def _ecs_flags(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="environment override for the container; repeatable (no variable)",
     )
+
+
+def _fleet_flags(parser: argparse.ArgumentParser) -> None:
+    """Each flag overrides the FLEET_* variable of the same name."""
+    flag = parser.add_argument
+    flag("--state-machine", help="the fleet state machine's ARN (FLEET_STATE_MACHINE_ARN)")
+    flag("--targets", help="targets file, JSON or YAML (FLEET_TARGETS)")
+    flag("--max-concurrency", type=int, help="targets at once (FLEET_MAX_CONCURRENCY; stack's)")
+    flag(
+        "--tolerated-failures",
+        type=int,
+        help="failed targets before the execution fails (FLEET_TOLERATED_FAILURES; stack's)",
+    )
+    flag("--deadline", type=float, help="seconds to wait in all (FLEET_DEADLINE_SECONDS, 3600)")
+    flag("--poll-seconds", type=float, help="seconds between looks (FLEET_POLL_SECONDS, 10)")
 
 
 def _configure(started: float) -> tuple[Settings, Deadline]:
@@ -251,11 +270,31 @@ def _ecs_run(args: argparse.Namespace, started: float) -> dict[str, Any]:
     return ecs.run(conf, environment, deadline)
 
 
+def _fleet_run(args: argparse.Namespace, started: float) -> dict[str, Any]:
+    from app import fleet, retry  # noqa: PLC0415
+
+    conf = fleet.load_settings(
+        {
+            "FLEET_STATE_MACHINE_ARN": args.state_machine,
+            "FLEET_TARGETS": args.targets,
+            "FLEET_MAX_CONCURRENCY": args.max_concurrency,
+            "FLEET_TOLERATED_FAILURES": args.tolerated_failures,
+            "FLEET_DEADLINE_SECONDS": args.deadline,
+            "FLEET_POLL_SECONDS": args.poll_seconds,
+        }
+    )
+    deadline = retry.Deadline(
+        conf.deadline_seconds, started=started, setting="FLEET_DEADLINE_SECONDS"
+    )
+    return fleet.run(conf, deadline)
+
+
 REPORTED: dict[str, Callable[[argparse.Namespace, float], dict[str, Any]]] = {
     "apply": _database_command,
     "plan": _database_command,
     "verify": _database_command,
     "ecs-run": _ecs_run,
+    "fleet-run": _fleet_run,
 }
 
 PRINTERS: dict[str, Callable[[argparse.Namespace, float], str]] = {

@@ -100,6 +100,14 @@ class TaskNotStarted(BootstrapError):
     kind = "task_not_started"
 
 
+class FleetFailed(BootstrapError):
+    """fleet-run: a target's container did not exit 0, or the execution did not
+    succeed; the rows say which targets and how."""
+
+    exit_code = 10
+    kind = "fleet_failed"
+
+
 class TaskLost(BootstrapError):
     """ecs-run: the container ran, but its exit code was lost with its host: the job
     may have committed."""
