@@ -129,21 +129,32 @@ def test_buildspec_runs_ecs_run_and_fails_the_stage_on_its_exit_code() -> None:
     assert "aurora-bootstrap ecs-run" in commands
 
 
-def test_buildspec_build_step_exits_with_ecs_runs_code(tmp_path: Path) -> None:
-    """The build commands, run by bash as CodeBuild runs them, with a stand-in
-    aurora-bootstrap that exits 6: the step must fail with 6, not hide it."""
-    spec = yaml.safe_load((ROOT / "deploy" / "buildspec.yml").read_text())
-    stub = tmp_path / "aurora-bootstrap"
-    stub.write_text('#!/bin/sh\necho \'{"command": "ecs-run", "exit_code": 6}\'\nexit 6\n')
+def run_build_commands(buildspec: str, command: str, exit_code: int, workdir: Path) -> str:
+    """The build commands of deploy/BUILDSPEC, run by bash as CodeBuild runs them, with
+    a stand-in aurora-bootstrap that prints a result line and exits `exit_code`: each
+    step must fail with that code, not hide it. Returns the saved result file."""
+    spec = yaml.safe_load((ROOT / "deploy" / buildspec).read_text())
+    stub = workdir / "aurora-bootstrap"
+    result = f'{{"command": "{command}", "exit_code": {exit_code}}}'
+    stub.write_text(f"#!/bin/sh\necho '{result}'\nexit {exit_code}\n")
     stub.chmod(0o755)
-    for command in spec["phases"]["build"]["commands"]:
-        installed = "/tmp/aurora-bootstrap/bin/aurora-bootstrap"  # noqa: S108 (the buildspec's)
-        script = command.replace(installed, str(stub))
+    installed = "/tmp/aurora-bootstrap/bin/aurora-bootstrap"  # noqa: S108 (the buildspec's)
+    for step in spec["phases"]["build"]["commands"]:
+        assert installed in step
         done = subprocess.run(
-            ["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
+            ["bash", "-e", "-c", step.replace(installed, str(stub))],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        assert done.returncode == 6, done.stderr
-    assert (tmp_path / "ecs-run.json").read_text().startswith('{"command": "ecs-run"')
+        assert done.returncode == exit_code, done.stderr
+    return (workdir / f"{command}.json").read_text()
+
+
+def test_buildspec_build_step_exits_with_ecs_runs_code(tmp_path: Path) -> None:
+    saved = run_build_commands("buildspec.yml", "ecs-run", 6, tmp_path)
+    assert saved.startswith('{"command": "ecs-run"')
 
 
 def test_template_guards_what_a_first_deployment_trips_on() -> None:

@@ -22,7 +22,7 @@ from cfnlint.decode import decode
 
 from tests import awsemu
 from tests.conftest import IN_CI, job_env, run_job
-from tests.test_deploy import actions, statements
+from tests.test_deploy import actions, run_build_commands, statements
 
 ROOT = Path(__file__).resolve().parent.parent
 ASL = ROOT / "deploy" / "fleet.asl.json"
@@ -387,21 +387,6 @@ def test_the_stack_deploys_as_cloudformation_package_leaves_it(aws: awsemu.Emula
 
 
 def test_the_fleet_buildspec_fails_the_stage_on_fleet_runs_code(tmp_path: Path) -> None:
-    """The build commands, run by bash as CodeBuild runs them, with a stand-in
-    aurora-bootstrap that exits 10 (a target failed): the step must fail with 10."""
-    spec = yaml.safe_load((ROOT / "deploy" / "buildspec-fleet.yml").read_text())
-    stub = tmp_path / "aurora-bootstrap"
-    stub.write_text('#!/bin/sh\necho \'{"command": "fleet-run", "exit_code": 10}\'\nexit 10\n')
-    stub.chmod(0o755)
-    for command in spec["phases"]["build"]["commands"]:
-        installed = "/tmp/aurora-bootstrap/bin/aurora-bootstrap"  # noqa: S108 (the buildspec's)
-        assert installed in command
-        done = subprocess.run(
-            ["bash", "-e", "-c", command.replace(installed, str(stub))],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 10, done.stderr
-    assert (tmp_path / "fleet-run.json").read_text().startswith('{"command": "fleet-run"')
+    """A target failed: fleet-run exits 10, and so must the stage."""
+    saved = run_build_commands("buildspec-fleet.yml", "fleet-run", 10, tmp_path)
+    assert saved.startswith('{"command": "fleet-run"')
