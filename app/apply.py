@@ -12,7 +12,6 @@ ended by the server within seconds, and with it the lock it held.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from app.changelog import ChangeLog
 from app.errors import InitSqlError
 from app.retry import Deadline
 from app.script import Script
-from app.users import IamUser
+from app.users import IamUser, to_json
 
 # pg_advisory_xact_lock key: the bytes of "aurora-b" read as a signed 64-bit integer.
 LOCK_KEY = int.from_bytes(b"aurora-b", "big", signed=True)
@@ -53,10 +52,7 @@ class Inputs:
     prune: bool
 
     def settings(self) -> tuple[str, str, str]:
-        return self.users_json(), self.master_user, "true" if self.prune else "false"
-
-    def users_json(self) -> str:
-        return json.dumps([u.as_json() for u in self.users], separators=(",", ":"))
+        return to_json(self.users), self.master_user, "true" if self.prune else "false"
 
 
 @dataclass

@@ -32,6 +32,11 @@ class IamUser:
         return {"name": self.name, "roles": list(self.roles)}
 
 
+def to_json(users: tuple[IamUser, ...]) -> str:
+    """The users as init.sql's bootstrap.iam_users input reads them."""
+    return json.dumps([u.as_json() for u in users], separators=(",", ":"))
+
+
 def _show(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return repr(text if len(text) <= 80 else text[:77] + "...")

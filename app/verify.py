@@ -8,7 +8,6 @@ IAM token and runs SELECT 1.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ import psycopg
 from app import catalog, connect, log
 from app.login import MasterLogin
 from app.settings import Settings
-from app.users import IamUser
+from app.users import IamUser, to_json
 
 _LISTED = f"""
 SELECT u.name, p.oid IS NOT NULL, coalesce(p.rolcanlogin, false),
@@ -53,7 +52,7 @@ def findings(
     conn: psycopg.Connection[Any], users: tuple[IamUser, ...], master: str
 ) -> list[Finding]:
     """Drift between the catalog and `users`, read in one read-only transaction."""
-    listed = json.dumps([u.as_json() for u in users])
+    listed = to_json(users)
     wanted = {u.name: u for u in users}
     found: list[Finding] = []
     conn.read_only = True
