@@ -14,7 +14,6 @@ then costs no transfer and no client memory when nothing changed.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import psycopg
@@ -22,19 +21,12 @@ import psycopg
 from app import users
 from app.changelog import ChangeLog
 
-# The users init.sql manages are the members of MANAGED_ROLE. Group roles it creates
-# carry GROUP_MARKER, so that verify and PRUNE, which act on users only, leave them
-# alone. MARKER is the comment earlier versions put on users (and groups), followed
-# on users by {"granted": [...]}.
+# The users init.sql manages are the members of MANAGED_ROLE; group roles it creates
+# carry the comment 'managed by aurora-bootstrap (group role)', so that verify and
+# PRUNE, which act on users only, leave them alone. MARKER is the comment earlier
+# versions put on users (and groups), followed on users by {"granted": [...]}.
 MARKER = "managed by aurora-bootstrap"
 MANAGED_ROLE = users.MANAGED_ROLE
-GROUP_MARKER = "managed by aurora-bootstrap (group role)"
-MARKER_RE = "^managed by aurora-bootstrap( |$)"
-
-
-def is_managed(comment: str | None) -> bool:
-    return comment is not None and re.match(MARKER_RE, comment) is not None
-
 
 # SQL: whether role `p` (a pg_roles row) is a user the job manages: a member of the
 # marker role (without ADMIN OPTION: from PostgreSQL 16 the master, its creator, is a

@@ -314,7 +314,7 @@ def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) ->
         if deadline.remaining() < settings.poll_seconds:
             raise DeadlineExceeded(
                 f"task {task_arn} still {last_status} after {deadline.elapsed():.0f}s "
-                f"(ECS_DEADLINE_SECONDS={deadline.seconds:g}); it was left running"
+                f"({deadline.setting}={deadline.seconds:g}); it was left running"
             )
         time.sleep(settings.poll_seconds)
     if tail is not None:

@@ -245,7 +245,7 @@ def run(settings: FleetSettings, deadline: Deadline) -> dict[str, Any]:
         if deadline.remaining() < settings.poll_seconds:
             raise DeadlineExceeded(
                 f"fleet {execution} still RUNNING after {deadline.elapsed():.0f}s "
-                f"(FLEET_DEADLINE_SECONDS={deadline.seconds:g}); it was left running",
+                f"({deadline.setting}={deadline.seconds:g}); it was left running",
                 {"execution_arn": execution, "targets": list(rows.values())},
             )
         time.sleep(settings.poll_seconds)
