@@ -26,14 +26,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app import log
 from app.aws import Aws, NotReady
 from app.errors import AwsError, ConfigError, DeadlineExceeded, TaskLost, TaskNotStarted
 from app.retry import Deadline
-from app.settings import describe_error
+from app.settings import load_flagged
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -79,16 +79,8 @@ class EcsSettings(BaseSettings):
 
 def load_settings(overrides: dict[str, Any]) -> EcsSettings:
     """From the environment, with command-line flags winning."""
-    given = {alias: value for alias, value in overrides.items() if value is not None}
-    try:
-        settings = EcsSettings(**given)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        if error.get("type") == "missing":
-            name = str(error["loc"][0])
-            flag = name.removeprefix("ECS_").lower().replace("_", "-")
-            raise ConfigError(name, f"not set (or pass --{flag})") from None
-        raise describe_error(error) from None
+    flags = {"ECS_CLUSTER": "--cluster", "ECS_TASK_DEFINITION": "--task-definition"}
+    settings = load_flagged(EcsSettings, overrides, flags)
     if settings.launch_type and settings.capacity_provider:
         raise ConfigError("ECS_CAPACITY_PROVIDER", "give a launch type or a capacity provider")
     return settings

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import log
 from app.aws import Aws
 from app.errors import ConfigError, DeadlineExceeded, FleetFailed
 from app.retry import Deadline
-from app.settings import describe_error
+from app.settings import load_flagged
 
 SETTING = "FLEET_TARGETS"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
@@ -59,19 +59,9 @@ class FleetSettings(BaseSettings):
 
 
 def load_settings(overrides: dict[str, Any]) -> FleetSettings:
-    given = {alias: value for alias, value in overrides.items() if value is not None}
-    try:
-        return FleetSettings(**given)
-    except ValidationError as exc:
-        errors = []
-        for error in exc.errors():
-            if error.get("type") == "missing":
-                name = str(error["loc"][0])
-                flag = {"FLEET_STATE_MACHINE_ARN": "state-machine", SETTING: "targets"}[name]
-                errors.append(ConfigError(name, f"not set (or pass --{flag})"))
-            else:
-                errors.append(describe_error(error))
-        raise ConfigError.all_of(errors) from None
+    """From the environment, with command-line flags winning."""
+    flags = {"FLEET_STATE_MACHINE_ARN": "--state-machine", SETTING: "--targets"}
+    return load_flagged(FleetSettings, overrides, flags)
 
 
 def _fail(path: Path, position: int, name: object, problem: str) -> ConfigError:

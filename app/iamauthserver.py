@@ -19,12 +19,12 @@ import os
 import re
 import signal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import iamtoken, ldapbind, log
 from app.errors import ConfigError
-from app.settings import describe_error
+from app.settings import load_flagged
 
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 _BIND_NAME = re.compile(r"^cn=(?P<user>[^,]+),dc=rds-iam$")
@@ -59,31 +59,23 @@ class IamAuthSettings(BaseSettings):
         """The key pairs tokens may be signed with."""
         if self.keys is None:
             if not (self.access_key_id and self.secret_access_key):
-                raise ValueError(
-                    "IAM_AUTH_KEYS is not set, nor AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                raise ConfigError(
+                    "IAM_AUTH_KEYS", "not set, nor AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                 )
             return {self.access_key_id: self.secret_access_key}
         pairs: dict[str, str] = {}
         for entry in self.keys.split(","):
             key_id, sep, secret = entry.strip().partition(":")
             if not sep or not key_id or not secret:
-                raise ValueError("IAM_AUTH_KEYS must be ACCESS_KEY_ID:SECRET_ACCESS_KEY pairs")
+                raise ConfigError(
+                    "IAM_AUTH_KEYS", "must be comma-separated ACCESS_KEY_ID:SECRET_ACCESS_KEY pairs"
+                )
             pairs[key_id] = secret
         return pairs
 
 
 def load() -> IamAuthSettings:
-    try:
-        return IamAuthSettings()
-    except ValidationError as exc:
-        errors = []
-        for error in exc.errors():
-            if not error.get("loc"):
-                msg = str(error.get("msg", "")).removeprefix("Value error, ")
-                errors.append(ConfigError(msg.split(" ", 1)[0], msg))
-            else:
-                errors.append(describe_error(error))
-        raise ConfigError.all_of(errors) from None
+    return load_flagged(IamAuthSettings, {}, {})
 
 
 class Server:

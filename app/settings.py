@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -164,6 +164,29 @@ def describe_error(error: ErrorDetails) -> ConfigError:
         shown = value if len(value) <= 80 else value[:77] + "..."
         message = f"{message} (got {shown!r})"
     return ConfigError(name, message)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_flagged(
+    model: type[SettingsT], overrides: dict[str, Any], flags: dict[str, str]
+) -> SettingsT:
+    """`model` from the environment, with command-line flags winning (`overrides`:
+    variable -> the flag's value, None when not given). Every problem comes in one
+    ConfigError; a missing setting names the flag that can give it too."""
+    given = {alias: value for alias, value in overrides.items() if value is not None}
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        errors = []
+        for error in exc.errors():
+            name = str((error.get("loc") or ("settings",))[0])
+            if error.get("type") == "missing" and name in flags:
+                errors.append(ConfigError(name, f"not set (or pass {flags[name]})"))
+            else:
+                errors.append(describe_error(error))
+        raise ConfigError.all_of(errors) from None
 
 
 def load() -> Settings:
