@@ -157,6 +157,13 @@ def parse(raw: str) -> tuple[IamUser, ...]:
     if plain is not None:
         _check_cycles(list(plain), list(text.split(",")))
         return plain
+    return _checked(text)
+
+
+def _checked(text: str) -> tuple[IamUser, ...]:
+    """Every entry checked on its own, so that an error names the entry and the
+    problem; the fast path above must accept nothing this refuses (a test holds them
+    together)."""
     entries = _from_json(text) if text.startswith("[") else _from_list(text)
     users: list[IamUser] = []
     seen: set[str] = set()

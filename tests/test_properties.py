@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import apply, script
+from app import users as users_module
 from app.errors import ConfigError
 from app.retry import Deadline
 from app.settings import default_init_sql
-from app.users import NAME_RE, RESERVED_NAMES, IamUser, parse
+from app.users import MANAGED_ROLE, NAME_RE, RESERVED_NAMES, IamUser, parse
 from tests.conftest import catalog as read_catalog
 from tests.conftest import job_env, managed, members_of, reset, role, run_job
 from tools import localpg
@@ -118,3 +119,21 @@ def test_rejected_names_change_nothing(pg18: localpg.LocalPostgres, bad: str) ->
     assert run.code == 2, run
     assert run.result["error"]["message"].startswith("IAM_USERS:")
     assert read_catalog(pg18) == before
+
+
+# Names that each rule of IAM_USERS is about: reserved, prefixed, repeated, the marker.
+tricky = st.sampled_from(
+    ["a", "b", "a_b", "public", "none", "current_user", "pg_x", "rds_y", MANAGED_ROLE]
+)
+
+
+@given(st.lists(st.lists(tricky, min_size=1, max_size=4), min_size=1, max_size=4))
+def test_the_fast_path_accepts_exactly_what_the_checks_accept(entries: list[list[str]]) -> None:
+    text = ",".join(":".join(entry) for entry in entries)
+    fast = users_module._plain(text)
+    try:
+        checked = users_module._checked(text)
+    except ConfigError:
+        assert fast is None, text
+    else:
+        assert fast is None or fast == checked, text
