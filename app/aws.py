@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.waiter import WaiterModel
 
 from app import log, retry
-from app.errors import AwsError, ConfigError
+from app.errors import AwsAccessDenied, AwsError, ConfigError
 from app.login import DEFAULT_PORT, MasterLogin
 from app.retry import Deadline
 from app.settings import Settings
@@ -182,7 +182,9 @@ class Aws:
             if "NotFound" in code:
                 raise AwsError(f"{what}: {missing} not found in {self.region}") from None
             if "AccessDenied" in code or code in ("UnauthorizedOperation", "AuthFailure"):
-                raise AwsError(f"{what}: access denied to {missing}: {describe(exc)}") from None
+                raise AwsAccessDenied(
+                    f"{what}: access denied to {missing}: {describe(exc)}"
+                ) from None
             raise AwsError(f"{what}: {describe(exc)}") from None
         except bx.BotoCoreError as exc:
             raise AwsError(f"{what}: {describe(exc)}") from None

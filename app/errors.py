@@ -44,6 +44,10 @@ class AwsError(BootstrapError):
     kind = "aws_error"
 
 
+class AwsAccessDenied(AwsError):
+    """The caller's credentials may not do this (an IAM policy lacks the action)."""
+
+
 class LoginRefused(BootstrapError):
     """The database refused the master login, or its certificate did not verify."""
 
