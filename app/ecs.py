@@ -31,7 +31,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app import log
 from app.aws import Aws, NotReady
-from app.errors import AwsError, ConfigError, DeadlineExceeded, TaskLost, TaskNotStarted
+from app.errors import (
+    AwsAccessDenied,
+    AwsError,
+    ConfigError,
+    DeadlineExceeded,
+    TaskLost,
+    TaskNotStarted,
+)
 from app.retry import Deadline
 from app.settings import load_flagged
 
@@ -166,16 +173,17 @@ class LogTail:
                     what=f"reading log stream {self.stream}",
                     missing=f"log group {self.group}",
                 )
-            except AwsError as exc:
-                if "access denied" in str(exc):
-                    self.denied = True
-                    log.event(
-                        "logs_unreadable",
-                        logging.WARNING,
-                        reason=f"access denied: the caller needs logs:GetLogEvents on log "
-                        f"group {self.group}; the task is followed without its logs",
-                    )
-                return  # else the stream appears once the container starts writing
+            except AwsAccessDenied:
+                self.denied = True
+                log.event(
+                    "logs_unreadable",
+                    logging.WARNING,
+                    reason=f"access denied: the caller needs logs:GetLogEvents on log "
+                    f"group {self.group}; the task is followed without its logs",
+                )
+                return
+            except AwsError:
+                return  # the stream appears once the container starts writing
             for event in page.get("events", []):
                 message = event.get("message", "")
                 sys.stderr.write(log.redact(message.rstrip("\n")) + "\n")
@@ -188,9 +196,10 @@ class LogTail:
     def _keep_result(self, message: str) -> None:
         """The job's own result line, put back together if the log driver split it,
         so that the pipeline sees it in ecs-run's result."""
+        size = len(message.encode())  # Docker splits at 16 KB, not 16 K characters
         if self._pieces:
             self._pieces.append(message)
-            self._piece_bytes += len(message)
+            self._piece_bytes += size
             text = "".join(self._pieces)
         elif message.startswith('{"command":'):
             text = message
@@ -200,8 +209,8 @@ class LogTail:
             data = json.loads(text)
         except ValueError:
             if not self._pieces:
-                self._pieces, self._piece_bytes = [message], len(message)
-            elif self._piece_bytes > _LINE_LIMIT_BYTES or len(message) < _PIECE_BYTES:
+                self._pieces, self._piece_bytes = [message], size
+            elif self._piece_bytes > _LINE_LIMIT_BYTES or size < _PIECE_BYTES:
                 # A short piece ends a split line: this one did not parse, give it up.
                 self._pieces, self._piece_bytes = [], 0
             return
