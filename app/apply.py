@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from app import catalog, connect, interrupt, log
 from app.changelog import ChangeLog
 from app.errors import InitSqlError
 from app.retry import Deadline
-from app.script import Script
+from app.script import Script, Statement
 from app.users import IamUser, to_json
+
+T = TypeVar("T")
 
 # pg_advisory_xact_lock key: the bytes of "aurora-b" read as a signed 64-bit integer.
 LOCK_KEY = int.from_bytes(b"aurora-b", "big", signed=True)
@@ -33,10 +38,13 @@ IDLE_IN_TRANSACTION_MS = 10_000
 # One round trip: the attempt's timeouts, whether this server can write at all (after
 # a failover the writer endpoint may still lead to the demoted instance), and the lock
 # if it is free. CASE keeps a read-only server from being asked for a lock.
+# standard_conforming_strings is set on: the splitter reads backslashes in quotes as
+# PostgreSQL does with it on (and init.sql may not turn it off).
 _BEGIN = """
 SELECT set_config('statement_timeout', %(budget)s, true),
        set_config('lock_timeout', %(budget)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle)s, true),
+       set_config('standard_conforming_strings', 'on', true),
        current_setting('transaction_read_only') = 'on' AS read_only,
        CASE WHEN current_setting('transaction_read_only') = 'off'
             THEN pg_try_advisory_xact_lock(%(key)s) END AS locked
@@ -92,7 +100,7 @@ def _begin(cur: psycopg.Cursor[tuple[object, ...]], deadline: Deadline) -> None:
         _BEGIN,
         {"budget": f"{budget_ms}ms", "idle": f"{IDLE_IN_TRANSACTION_MS}ms", "key": LOCK_KEY},
     )
-    _, _, _, read_only, locked = cur.fetchone() or (None, None, None, False, False)
+    *_, read_only, locked = cur.fetchone() or (False, False)
     if read_only:
         raise ReadOnlyServer(
             "the server is read-only (transaction_read_only is on): the writer endpoint "
@@ -116,32 +124,95 @@ def _message(exc: psycopg.Error) -> str:
     return log.redact(" ".join(parts))
 
 
+def _script_error(script: Script, statement: Statement, exc: psycopg.Error) -> InitSqlError:
+    diag = exc.diag
+    line = script.error_line(
+        statement,
+        int(diag.statement_position) if diag.statement_position else None,
+        diag.context,
+    )
+    return InitSqlError(_message(exc), file=str(script.path), line=line, sqlstate=exc.sqlstate)
+
+
+def _still_inside(
+    conn: psycopg.Connection[tuple[object, ...]], script: Script, statement: Statement
+) -> None:
+    """After each statement: the job's transaction is still open, and the server still
+    reads quotes as the splitter did."""
+    problem = None
+    if conn.info.transaction_status != TransactionStatus.INTRANS:
+        problem = "this statement ended the job's transaction"
+    elif conn.info.parameter_status("standard_conforming_strings") != "on":
+        problem = (
+            "this statement turned standard_conforming_strings off; the job splits "
+            "init.sql as PostgreSQL reads it with that setting on"
+        )
+    if problem is not None:
+        raise InitSqlError(problem, file=str(script.path), line=statement.line, sqlstate=None)
+
+
 def _run_script(
-    cur: psycopg.Cursor[tuple[object, ...]], script: Script, deadline: Deadline
+    conn: psycopg.Connection[tuple[object, ...]],
+    cur: psycopg.Cursor[tuple[object, ...]],
+    script: Script,
+    deadline: Deadline,
 ) -> None:
     for statement in script.statements:
         deadline.activity = f"running {script.path}:{statement.line}"
         try:
-            cur.execute(statement.text.encode())
+            # In pipeline mode psycopg sends each statement with the extended protocol,
+            # where the server refuses a call holding more than one statement: where
+            # the splitter and the server disagree about where a statement ends (a
+            # COMMIT hidden in what looked like one), the call fails, nothing commits.
+            with conn.pipeline():
+                cur.execute(statement.text.encode())
         except psycopg.Error as exc:
-            if connect.is_transient(exc):
+            # The server was writable when the transaction began and cannot become
+            # read-only within it: 25006 now comes from the script itself.
+            if connect.is_transient(exc) and exc.sqlstate != "25006":
                 raise
-            diag = exc.diag
-            line = script.error_line(
-                statement,
-                int(diag.statement_position) if diag.statement_position else None,
-                diag.context,
-            )
-            raise InitSqlError(
-                _message(exc), file=str(script.path), line=line, sqlstate=exc.sqlstate
-            ) from None
+            raise _script_error(script, statement, exc) from None
+        _still_inside(conn, script, statement)
+    end = Statement(text="SET CONSTRAINTS ALL IMMEDIATE", line=script.last_line, body_line=None)
+    deadline.activity = f"checking deferred constraints at the end of {script.path}"
+    try:
+        # Deferred constraints are checked now, under plan as under apply, and fail
+        # here as the script's error rather than as COMMIT's.
+        cur.execute(end.text)
+    except psycopg.Error as exc:
+        if connect.is_transient(exc):
+            raise
+        error = _script_error(script, end, exc)
+        raise InitSqlError(
+            f"a deferred constraint failed at the end of init.sql: {_message(exc)}",
+            file=error.file,
+            line=error.line,
+            sqlstate=exc.sqlstate,
+        ) from None
+
+
+def _after_script(script: Script, work: Callable[[], T]) -> T:
+    """The job's own queries after init.sql: tested against the shipped script, so a
+    failure here comes from what a custom script did to the transaction (its inputs
+    reset, a setting changed) and is init.sql's error."""
+    try:
+        return work()
+    except psycopg.Error as exc:
+        if connect.is_transient(exc):
+            raise
+        raise InitSqlError(
+            "the job cannot read what init.sql changed, after it ran: " + _message(exc),
+            file=str(script.path),
+            line=None,
+            sqlstate=exc.sqlstate,
+        ) from None
 
 
 class Attempts:
     """init.sql applied once per connection the retry policy hands over.
 
-    It remembers a commit whose reply was lost, so that the next attempt can tell
-    whether the server committed it before the connection went.
+    It remembers a commit whose reply was lost until an attempt has checked whether
+    the server committed it, and the changes of one that it did.
     """
 
     def __init__(self, script: Script, inputs: Inputs, deadline: Deadline, *, commit: bool):
@@ -150,22 +221,35 @@ class Attempts:
         self.deadline = deadline
         self.commit = commit
         self.in_doubt: CommitInDoubt | None = None
+        self.confirmed: ChangeLog | None = None
 
     def __call__(self, conn: psycopg.Connection[tuple[object, ...]]) -> Applied:
         committing = False
         try:
             with conn.transaction(force_rollback=not self.commit), conn.cursor() as cur:
-                applied, after, locked = self._work(cur)
+                applied, after, locked = self._work(conn, cur)
                 if self.commit:
-                    # From here the run finishes and reports, whatever signal comes.
-                    interrupt.hold()
+                    interrupt.committing()
                     committing = True
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             if not committing:
                 raise
-            interrupt.release()
+            if exc.sqlstate is not None and not exc.sqlstate.startswith("08"):
+                # The server answered COMMIT with an error: it rolled back.
+                interrupt.release()
+                if connect.is_transient(exc):
+                    raise
+                raise InitSqlError(
+                    f"COMMIT failed: {_message(exc)}",
+                    file=str(self.script.path),
+                    line=None,
+                    sqlstate=exc.sqlstate,
+                ) from None
             self.in_doubt = CommitInDoubt(connect.describe(exc), applied.changes, after)
+            interrupt.release()
             raise self.in_doubt from None
+        if committing:
+            interrupt.committed()
         # How long this run held the lock, and with it the role catalog, until commit.
         log.event(
             "transaction_done",
@@ -174,9 +258,37 @@ class Attempts:
             outcome="commit" if self.commit else "rollback",
             lock_held_ms=round((time.monotonic() - locked) * 1000, 1),
         )
+        if self.confirmed is not None:
+            self.confirmed.extend(applied.changes)
+            applied.changes, applied.confirmed_after_reconnect = self.confirmed, True
         return applied
 
-    def _work(self, cur: psycopg.Cursor[tuple[object, ...]]) -> tuple[Applied, str, float]:
+    def _check_lost_commit(
+        self, snapshot: catalog.Snapshot, cur: psycopg.Cursor[tuple[object, ...]]
+    ) -> None:
+        """After a lost COMMIT reply: is the catalog as that COMMIT left it? A commit
+        that changed nothing the snapshot holds cannot be told from none (and the
+        script, run again now, makes what it did either way)."""
+        lost = self.in_doubt
+        if lost is None:
+            return
+        confirmed = bool(lost.changes) and snapshot.fingerprint(cur) == lost.after
+        log.event(
+            "commit_checked",
+            logging.WARNING if confirmed else logging.INFO,
+            committed=confirmed,
+            reason="the reply to COMMIT was lost; the catalog "
+            + ("matches" if confirmed else "does not match")
+            + " what that COMMIT would have left",
+        )
+        if confirmed:
+            self.confirmed = self.confirmed or ChangeLog()
+            self.confirmed.extend(lost.changes)
+        self.in_doubt = None  # checked: kept until now, whatever failed before
+
+    def _work(
+        self, conn: psycopg.Connection[tuple[object, ...]], cur: psycopg.Cursor[tuple[object, ...]]
+    ) -> tuple[Applied, str, float]:
         self.deadline.activity = "starting the transaction"
         _begin(cur, self.deadline)
         locked = time.monotonic()
@@ -186,25 +298,16 @@ class Attempts:
             " set_config('bootstrap.prune', %s, true)",
             self.inputs.settings(),
         )
-        catalog.remember(cur)
-        lost, self.in_doubt = self.in_doubt, None
-        # Only after a lost COMMIT reply: is the catalog as that COMMIT left it?
-        confirmed = lost is not None and catalog.fingerprint(cur) == lost.after
-        if lost is not None:
-            log.event(
-                "commit_checked",
-                logging.WARNING if confirmed else logging.INFO,
-                committed=confirmed,
-                reason="the reply to COMMIT was lost; the catalog "
-                + ("matches" if confirmed else "does not match")
-                + " what that COMMIT would have left",
-            )
-        _run_script(cur, self.script, self.deadline)
-        changes, after = catalog.changes(cur)
-        findings = catalog.prune_findings(cur) if self.inputs.prune else []
+        snapshot = catalog.Snapshot.of(conn)
+        snapshot.remember(cur)
+        self._check_lost_commit(snapshot, cur)
+        _run_script(conn, cur, self.script, self.deadline)
+        changes, after = _after_script(self.script, lambda: snapshot.changes(cur))
+        findings = (
+            _after_script(self.script, lambda: catalog.prune_findings(cur))
+            if self.inputs.prune
+            else []
+        )
         for finding in findings:
             log.event("prune_incomplete", logging.WARNING, **finding)
-        if confirmed and lost is not None:
-            lost.changes.extend(changes)
-            changes = lost.changes
-        return Applied(changes, findings, confirmed), after, locked
+        return Applied(changes, findings), after, locked

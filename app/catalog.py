@@ -77,107 +77,291 @@ def prune_findings(cur: psycopg.Cursor[Any]) -> list[Finding]:
     ]
 
 
+# Managed users no longer listed that can still log in after PRUNE: from PostgreSQL 16
+# only a role holding ADMIN OPTION on a user may alter it, and the master holds none
+# on a user another administrator made.
+_STILL_LOGIN = f"""
+SELECT p.rolname,
+       format('GRANT %I TO %I WITH ADMIN OPTION', p.rolname, current_setting('bootstrap.master_user'))
+FROM pg_roles p
+WHERE {MANAGED_USER} AND p.rolcanlogin
+  AND p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset(
+        current_setting('bootstrap.iam_users')::jsonb) AS u(name text))
+  AND p.rolname NOT IN (current_setting('bootstrap.master_user'), session_user, current_user)
+ORDER BY 1
+"""
+
+
+def prune_findings(cur: psycopg.Cursor[Any]) -> list[Finding]:
+    """What PRUNE left in place: on PostgreSQL 16+ an rds_iam grant made by another
+    administrator belongs to it, and a user another administrator made can be altered
+    only by a role holding ADMIN OPTION on it."""
+    cur.execute(_STILL_IN_RDS_IAM)
+    found: list[Finding] = [
+        {"role": name, "problem": "rds_iam_not_revoked", "grantor": grantor}
+        for name, grantor in cur.fetchall()
+    ]
+    cur.execute(_STILL_LOGIN)
+    found += [
+        {
+            "role": name,
+            "problem": "login_not_revoked",
+            "fix": f"as a superuser or the role's creator: {fix}; then run PRUNE again",
+        }
+        for name, fix in cur.fetchall()
+    ]
+    return found
+
+
 # The snapshot: one text row per catalog entry, by oid, which is far cheaper to build
 # than names or JSON (pg_get_userbyid and jsonb per row tripled its cost at 10,000
-# users); names are looked up only for the rows that differ.
-# Roles: r:OID:LOGIN:MD5(COMMENT):NAME (the name last: it may hold any character).
-# PostgreSQL's own pg_* roles are left out.
+# users); names are looked up only for the rows that differ. It holds every attribute
+# the change report and the commit fingerprint depend on, so that the two cannot
+# disagree about what changed.
+#
+# Roles: r:OID:LOGIN:FLAGS:CONNLIMIT:VALIDUNTIL:MD5(CONFIG):MD5(COMMENT):NAME, FLAGS
+# being superuser, inherit, createrole, createdb, replication, bypassrls as 0/1, the
+# name last (it may hold any character). PostgreSQL's own pg_* roles are left out.
 _ROLES = """
 SELECT 'r:' || r.oid || ':' || r.rolcanlogin::int || ':' ||
+       r.rolsuper::int || r.rolinherit::int || r.rolcreaterole::int || r.rolcreatedb::int
+       || r.rolreplication::int || r.rolbypassrls::int || ':' || r.rolconnlimit || ':' ||
+       coalesce(extract(epoch FROM r.rolvaliduntil)::text, '') || ':' ||
+       coalesce(md5(r.rolconfig::text), '') || ':' ||
        coalesce(md5((SELECT d.description FROM pg_shdescription d
                      WHERE d.objoid = r.oid AND d.classoid = 'pg_authid'::regclass)), '')
        || ':' || r.rolname
 FROM pg_roles r
 WHERE r.rolname !~ '^pg_'
 """
-# Memberships with their grantor (from PostgreSQL 16 a membership belongs to it):
-# m:ROLE:MEMBER:GRANTOR:ADMIN, by oid.
-_MEMBERSHIPS = """
-SELECT 'm:' || a.roleid || ':' || a.member || ':' || a.grantor || ':' || a.admin_option::int
-FROM pg_auth_members a
-"""
-# Privileges, summarised per schema, object kind, grantee and privilege, so that a
-# schema of many tables costs one row per kind, not one per table: p:JSON.
-_PRIVILEGES = """
-SELECT 'p:' || jsonb_build_array(object, grantee, privilege, count(*))::text
-FROM (
-    SELECT 'schema ' || n.nspname AS object, coalesce(g.rolname, 'PUBLIC') AS grantee,
-           a.privilege_type AS privilege
-    FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
-    LEFT JOIN pg_roles g ON g.oid = a.grantee
-    WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
-    UNION ALL
-    SELECT 'default privileges on ' || CASE d.defaclobjtype
-             WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
-             WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' END
-           || coalesce(' in schema ' || n.nspname, '') || ' for ' || o.rolname,
-           coalesce(g.rolname, 'PUBLIC'), a.privilege_type
-    FROM pg_default_acl d CROSS JOIN LATERAL aclexplode(d.defaclacl) a
-    JOIN pg_roles o ON o.oid = d.defaclrole
-    LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
-    LEFT JOIN pg_roles g ON g.oid = a.grantee
-    UNION ALL
-    SELECT CASE c.relkind WHEN 'S' THEN 'sequences' ELSE 'tables' END
-           || ' in schema ' || n.nspname,
-           coalesce(g.rolname, 'PUBLIC'), a.privilege_type
-    FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    LEFT JOIN pg_roles g ON g.oid = a.grantee
-    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-      AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
-) AS acl
-GROUP BY object, grantee, privilege
-"""
+_ROLE_ATTRIBUTES = (
+    # (position in FLAGS, name in the report)
+    (1, "superuser"),
+    (2, "inherit"),
+    (3, "createrole"),
+    (4, "createdb"),
+    (5, "replication"),
+    (6, "bypassrls"),
+)
+# Memberships with their grantor (from PostgreSQL 16 a membership belongs to it) and
+# options: m:ROLE:MEMBER:GRANTOR:ADMIN, and from 16 :INHERIT:SET, by oid.
+_MEMBERSHIPS = "SELECT 'm:' || a.roleid || ':' || a.member || ':' || a.grantor || ':' || a.admin_option::int"
+_MEMBERSHIP_OPTIONS_16 = " || ':' || a.inherit_option::int || ':' || a.set_option::int"
+# Privileges, one row per object whose ACL is not the default: a:CLASS:OID:KIND:OWNER:ACL,
+# KIND being the object type acldefault() takes ('E' for a schema's default
+# privileges, whose default is none). An object with no row has its owner's implicit
+# privileges (acldefault), which is what the diff compares a missing row with: the
+# first GRANT on a table writes its owner's privileges out, and changes none of them.
+_SYSTEM_SCHEMA = "(n.nspname ~ '^pg_' OR n.nspname = 'information_schema')"
+_ACL_SOURCES = (
+    # (catalog, kind, owner, acl, join and condition)
+    ("pg_database", "'d'", "x.datdba", "x.datacl", ""),
+    ("pg_tablespace", "'t'", "x.spcowner", "x.spcacl", ""),
+    (
+        "pg_namespace",
+        "'n'",
+        "x.nspowner",
+        "x.nspacl",
+        "WHERE NOT (x.nspname ~ '^pg_' OR x.nspname = 'information_schema') AND",
+    ),
+    (
+        "pg_class",
+        "CASE x.relkind WHEN 'S' THEN 's' ELSE 'r' END",
+        "x.relowner",
+        "x.relacl",
+        "JOIN pg_namespace n ON n.oid = x.relnamespace"
+        f" WHERE x.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND NOT {_SYSTEM_SCHEMA} AND",
+    ),
+    (
+        "pg_proc",
+        "'f'",
+        "x.proowner",
+        "x.proacl",
+        f"JOIN pg_namespace n ON n.oid = x.pronamespace WHERE NOT {_SYSTEM_SCHEMA} AND",
+    ),
+    (
+        "pg_type",
+        "'T'",
+        "x.typowner",
+        "x.typacl",
+        f"JOIN pg_namespace n ON n.oid = x.typnamespace WHERE NOT {_SYSTEM_SCHEMA} AND",
+    ),
+    ("pg_language", "'l'", "x.lanowner", "x.lanacl", ""),
+    ("pg_foreign_data_wrapper", "'F'", "x.fdwowner", "x.fdwacl", ""),
+    ("pg_foreign_server", "'S'", "x.srvowner", "x.srvacl", ""),
+    (
+        "pg_default_acl",
+        "CASE WHEN x.defaclnamespace <> 0 THEN 'E' WHEN x.defaclobjtype = 'S' THEN 's'"
+        " ELSE x.defaclobjtype::text END",
+        "x.defaclrole",
+        "x.defaclacl",
+        "",
+    ),
+)
+
+
+def _acl_rows() -> str:
+    selects = []
+    for table, kind, owner, acl, where in _ACL_SOURCES:
+        condition = where if where.rstrip().endswith("AND") else (where + " WHERE").strip()
+        selects.append(
+            f"SELECT 'a:' || {_class_oid(table)} || ':' || x.oid || ':' || {kind} || ':' ||"
+            f" {owner} || ':' || {acl}::text FROM {table} x {condition} {acl} IS NOT NULL"
+        )
+    return "\nUNION ALL\n".join(selects)
+
+
+def _class_oid(table: str) -> int:
+    # The fixed oids of the system catalogs (pg_class.oid of each): constants in every
+    # PostgreSQL version, spelt as numbers so that the snapshot parses no regclass.
+    return _CATALOG_OIDS[table]
+
+
+_CATALOG_OIDS = {
+    "pg_database": 1262,
+    "pg_tablespace": 1213,
+    "pg_namespace": 2615,
+    "pg_class": 1259,
+    "pg_proc": 1255,
+    "pg_type": 1247,
+    "pg_language": 2612,
+    "pg_foreign_data_wrapper": 2328,
+    "pg_foreign_server": 1417,
+    "pg_default_acl": 826,
+}
+# Object types whose privileges are the cluster's, not one database's.
+_SHARED = (1262, 1213)
+# The privilege letters of an ACL item, as PostgreSQL prints them.
+_PRIVILEGE_LETTERS = (
+    "('r', 'SELECT'), ('a', 'INSERT'), ('w', 'UPDATE'), ('d', 'DELETE'), ('D', 'TRUNCATE'),"
+    " ('x', 'REFERENCES'), ('t', 'TRIGGER'), ('m', 'MAINTAIN'), ('X', 'EXECUTE'),"
+    " ('U', 'USAGE'), ('C', 'CREATE'), ('c', 'CONNECT'), ('T', 'TEMPORARY'), ('s', 'SET'),"
+    " ('A', 'ALTER SYSTEM')"
+)
 _COMMENT_OF_A = (
     "(SELECT cd.description FROM pg_shdescription cd"
     " WHERE cd.objoid = a.oid AND cd.classoid = 'pg_authid'::regclass)"
 )
-_SNAPSHOT = f"ARRAY({_ROLES} UNION ALL {_MEMBERSHIPS} UNION ALL {_PRIVILEGES})"
-_REMEMBER = f"SELECT set_config('bootstrap.snapshot', ({_SNAPSHOT})::text, true) IS NULL"
 # The catalog's fingerprint: its row count and the sum of its rows' hashes, so that
 # the order rows come in does not matter.
 _FINGERPRINT_OF = "count(*) || ':' || coalesce(sum(hashtextextended(e, 0)), 0)"
-_FINGERPRINT = f"SELECT {_FINGERPRINT_OF} FROM unnest({_SNAPSHOT}) AS e"
-# The changes since remember(), computed on the server and sent in their final order as
-# one JSON object per row (streamed with COPY: one round trip, no result set held in
-# memory on either side), the first row being the catalog's fingerprint now. A
-# transaction that has written nothing (no transaction id assigned: init.sql only
-# read) has changed nothing: then the query is not even sent.
-# Roles are matched by name, memberships by (role, member, grantor), privileges by
-# (object, grantee, privilege); names come from the catalog, or for a role dropped in
-# this run from its own snapshot row.
-_CHANGES = f"""
+# A role name in an ACL item, as PostgreSQL prints it: quoted where it must be.
+_UNQUOTE = "CASE WHEN left({0}, 1) = '\"' THEN replace(substr({0}, 2, length({0}) - 2), '\"\"', '\"') ELSE {0} END"
+
+
+def _changes_sql(snapshot: str) -> str:
+    """The changes since remember(), computed on the server and sent in their final
+    order as one JSON object per row (streamed with COPY: one round trip, no result
+    set held in memory on either side), the first row being the catalog's fingerprint
+    now. Roles are matched by name, memberships by (role, member, grantor), privileges
+    by (object, grantee, grantor, privilege, grant option); names come from the
+    catalog, or for a role dropped in this run from its own snapshot row."""
+    attributes = "\n         UNION ALL\n".join(
+        f"""         SELECT 3, a.name, '{name}', '', 0,
+                jsonb_build_object('action', 'alter_role', 'role', a.name, '{name}',
+                                   substr(a.flags, {pos}, 1) = '1')
+         FROM ra a JOIN rb b ON b.name = a.name
+         WHERE substr(a.flags, {pos}, 1) <> substr(b.flags, {pos}, 1)"""
+        for pos, name in _ROLE_ATTRIBUTES
+    )
+    options = "\n         UNION ALL\n".join(
+        f"""         SELECT 6, a.role, a.member, a.grantor, {k},
+                jsonb_build_object('action', CASE WHEN a.f[{k}] = '1' THEN 'grant' ELSE 'revoke' END,
+                                   'role', a.role, 'member', a.member, 'grantor', a.grantor,
+                                   'option', '{option}')
+         FROM ma a JOIN mb b ON (b.role, b.member, b.grantor) = (a.role, a.member, a.grantor)
+         WHERE a.f[{k}] IS DISTINCT FROM b.f[{k}]"""
+        for k, option in ((5, "admin"), (6, "inherit"), (7, "set"))
+    )
+    grantee, grantor = _UNQUOTE.format("p.m[1]"), _UNQUOTE.format("p.m[3]")
+    return f"""
 WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
-     now AS MATERIALIZED (SELECT unnest({_SNAPSHOT}) AS e),
+     now AS MATERIALIZED (SELECT unnest({snapshot}) AS e),
      d AS MATERIALIZED (
          (SELECT 'a'::text AS side, e FROM now EXCEPT ALL SELECT 'a', e FROM was)
          UNION ALL
          (SELECT 'b', e FROM was EXCEPT ALL SELECT 'b', e FROM now)),
      r AS MATERIALIZED (
-         SELECT side, split_part(e, ':', 2)::oid AS oid, split_part(e, ':', 3) = '1' AS login,
-                split_part(e, ':', 4) AS digest,
-                substr(e, length(substring(e FROM '^r:[^:]*:[^:]*:[^:]*:')) + 1) AS name
-         FROM d WHERE left(e, 2) = 'r:'),
+         SELECT side, f[2]::oid AS oid, f[3] = '1' AS login, f[4] AS flags,
+                f[5]::int AS connlimit, f[6] AS valid_until, f[7] AS config,
+                f[8] AS digest, regexp_replace(e, '^r:(?:[^:]*:){{7}}', '') AS name
+         FROM (SELECT side, e, string_to_array(e, ':') AS f FROM d WHERE left(e, 2) = 'r:') AS x),
      gone AS (SELECT DISTINCT ON (oid) oid, name FROM r WHERE side = 'b'),
      named AS (
          SELECT x.side, coalesce(g1.rolname, o1.name) AS role,
                 coalesce(g2.rolname, o2.name) AS member,
-                coalesce(g3.rolname, o3.name) AS grantor, x.f[5] = '1' AS admin
+                coalesce(g3.rolname, o3.name) AS grantor, x.f
          FROM (SELECT side, string_to_array(e, ':') AS f FROM d WHERE left(e, 2) = 'm:') AS x
          LEFT JOIN pg_roles g1 ON g1.oid = x.f[2]::oid LEFT JOIN gone o1 ON o1.oid = x.f[2]::oid
          LEFT JOIN pg_roles g2 ON g2.oid = x.f[3]::oid LEFT JOIN gone o2 ON o2.oid = x.f[3]::oid
          LEFT JOIN pg_roles g3 ON g3.oid = x.f[4]::oid LEFT JOIN gone o3 ON o3.oid = x.f[4]::oid),
-     -- Each membership with the fields its change reports.
+     -- Each membership with the fields its grant or revoke reports: the options that
+     -- are not their default.
      m AS MATERIALIZED (
          SELECT n.*, jsonb_build_object('role', n.role, 'member', n.member,
                                         'grantor', n.grantor)
-                     || CASE WHEN n.admin THEN '{{"admin_option": true}}'::jsonb
+                     || CASE WHEN n.f[5] = '1' THEN '{{"admin_option": true}}'::jsonb
+                             ELSE '{{}}' END
+                     || CASE WHEN n.f[6] = '0' THEN '{{"inherit_option": false}}'::jsonb
+                             ELSE '{{}}' END
+                     || CASE WHEN n.f[7] = '0' THEN '{{"set_option": false}}'::jsonb
                              ELSE '{{}}' END AS fields
          FROM named AS n),
      ra AS MATERIALIZED (SELECT * FROM r WHERE side = 'a'),
      rb AS MATERIALIZED (SELECT * FROM r WHERE side = 'b'),
      ma AS MATERIALIZED (SELECT * FROM m WHERE side = 'a'),
      mb AS MATERIALIZED (SELECT * FROM m WHERE side = 'b'),
+     -- Privileges: for each object whose row differs, its ACL items before and after,
+     -- a missing row standing for the object's default; then the items that differ,
+     -- taken apart into one row per privilege (and one more where it is grantable).
+     acl AS MATERIALIZED (
+         SELECT side, f[1]::oid AS classid, f[2]::oid AS objid, f[3] AS kind,
+                f[4]::oid AS owner, f[5] AS items
+         FROM (SELECT side, regexp_match(e, '^a:([0-9]+):([0-9]+):([^:]*):([0-9]+):(.*)$') AS f
+               FROM d WHERE left(e, 2) = 'a:') AS x),
+     objects AS (
+         SELECT o.classid, o.objid, b.items AS before, a.items AS after,
+                coalesce(a.kind, b.kind) AS kind, coalesce(a.owner, b.owner) AS owner,
+                pg_identify_object(o.classid, o.objid, 0) AS id
+         FROM (SELECT DISTINCT classid, objid FROM acl) AS o
+         LEFT JOIN acl b ON b.side = 'b' AND (b.classid, b.objid) = (o.classid, o.objid)
+         LEFT JOIN acl a ON a.side = 'a' AND (a.classid, a.objid) = (o.classid, o.objid)),
+     items AS (
+         SELECT o.classid, o.objid, s.side, i.item
+         FROM objects o
+         CROSS JOIN LATERAL (VALUES ('b', o.before), ('a', o.after)) AS s(side, items)
+         CROSS JOIN LATERAL unnest(coalesce(s.items, CASE WHEN o.kind = 'E' THEN '{{}}'
+                 ELSE acldefault(o.kind::"char", o.owner)::text END)::text[]) AS i(item)
+         WHERE (o.id).identity IS NOT NULL),  -- not dropped in this run
+     changed AS (
+         (SELECT classid, objid, 'a' AS side, item FROM items WHERE side = 'a'
+          EXCEPT SELECT classid, objid, 'a', item FROM items WHERE side = 'b')
+         UNION ALL
+         (SELECT classid, objid, 'b', item FROM items WHERE side = 'b'
+          EXCEPT SELECT classid, objid, 'b', item FROM items WHERE side = 'a')),
+     letters AS (
+         SELECT c.classid, c.objid, c.side,
+                {grantee} AS grantee, {grantor} AS grantor,
+                substr(p.m[2], g.i, 1) AS letter, w.grantable
+         FROM changed c
+         CROSS JOIN LATERAL (SELECT regexp_match(c.item,
+                 '^((?:"(?:[^"]|"")*"|[^="])*)=([A-Za-z*]*)/(.*)$') AS m) AS p
+         CROSS JOIN LATERAL generate_series(1, length(p.m[2])) AS g(i)
+         CROSS JOIN LATERAL (VALUES (false), (true)) AS w(grantable)
+         WHERE substr(p.m[2], g.i, 1) <> '*'
+           AND (NOT w.grantable OR substr(p.m[2], g.i + 1, 1) = '*')),
+     privileges AS (
+         SELECT q.classid, q.objid, q.grantee, q.grantor, q.grantable, q.granted,
+                jsonb_agg(v.name ORDER BY v.name) AS names
+         FROM (SELECT classid, objid, grantee, grantor, letter, grantable,
+                      count(*) FILTER (WHERE side = 'a') > count(*) FILTER (WHERE side = 'b')
+                          AS granted
+               FROM letters
+               GROUP BY 1, 2, 3, 4, 5, 6
+               HAVING count(*) FILTER (WHERE side = 'a')
+                      <> count(*) FILTER (WHERE side = 'b')) AS q
+         JOIN (VALUES {_PRIVILEGE_LETTERS}) AS v(letter, name) ON v.letter = q.letter
+         GROUP BY 1, 2, 3, 4, 5, 6),
      ch(part, k1, k2, k3, k4, c) AS (
          SELECT 1, a.name, '', '', 0,
                 jsonb_build_object('action', 'create_role', 'role', a.name, 'login', a.login)
@@ -191,11 +375,28 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
          SELECT 2, b.name, '', '', 0, jsonb_build_object('action', 'drop_role', 'role', b.name)
          FROM rb b WHERE NOT EXISTS (SELECT FROM ra a WHERE a.name = b.name)
          UNION ALL
-         SELECT 3, a.name, '', '', 0,
+         SELECT 3, a.name, 'login', '', 0,
                 jsonb_build_object('action', 'alter_role', 'role', a.name, 'login', a.login)
          FROM ra a JOIN rb b ON b.name = a.name WHERE a.login <> b.login
          UNION ALL
-         SELECT 3, a.name, '', '', 1,
+         SELECT 3, a.name, 'connection_limit', '', 0,
+                jsonb_build_object('action', 'alter_role', 'role', a.name,
+                                   'connection_limit', a.connlimit)
+         FROM ra a JOIN rb b ON b.name = a.name WHERE a.connlimit <> b.connlimit
+         UNION ALL
+         SELECT 3, a.name, 'valid_until', '', 0,
+                jsonb_build_object('action', 'alter_role', 'role', a.name, 'valid_until',
+                                   (SELECT p.rolvaliduntil FROM pg_roles p WHERE p.oid = a.oid))
+         FROM ra a JOIN rb b ON b.name = a.name WHERE a.valid_until <> b.valid_until
+         UNION ALL
+         SELECT 3, a.name, 'settings', '', 0,
+                jsonb_build_object('action', 'alter_role', 'role', a.name, 'settings',
+                                   (SELECT to_jsonb(p.rolconfig) FROM pg_roles p WHERE p.oid = a.oid))
+         FROM ra a JOIN rb b ON b.name = a.name WHERE a.config <> b.config
+         UNION ALL
+{attributes}
+         UNION ALL
+         SELECT 3, a.name, '~comment', '', 1,
                 jsonb_build_object('action', 'comment', 'role', a.name, 'comment',
                                    {_COMMENT_OF_A})
          FROM ra a JOIN rb b ON b.name = a.name WHERE a.digest <> b.digest
@@ -210,28 +411,29 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
          WHERE NOT EXISTS (SELECT FROM ma a WHERE (b.role, b.member, b.grantor)
                                                   = (a.role, a.member, a.grantor))
          UNION ALL
-         SELECT 6, a.role, a.member, a.grantor, 0, '{{"action": "grant"}}'::jsonb || a.fields
-         FROM ma a JOIN mb b ON (b.role, b.member, b.grantor) = (a.role, a.member, a.grantor)
-         WHERE a.admin <> b.admin
+{options}
          UNION ALL
-         SELECT 7, q.object, q.grantee, q.privilege, 0,
-                jsonb_build_object('action', CASE WHEN q.delta > 0 THEN 'grant_privilege'
-                                                  ELSE 'revoke_privilege' END,
-                                   'object', q.object, 'role', q.grantee,
-                                   'privilege', q.privilege, 'count', abs(q.delta))
-         FROM (SELECT j ->> 0 AS object, j ->> 1 AS grantee, j ->> 2 AS privilege,
-                      sum(CASE side WHEN 'a' THEN (j ->> 3)::int ELSE -(j ->> 3)::int END)
-                          AS delta
-               FROM (SELECT side, substr(e, 3)::jsonb AS j FROM d WHERE left(e, 2) = 'p:') AS p
-               GROUP BY 1, 2, 3) AS q
-         WHERE q.delta <> 0
+         SELECT 7, (o.id).type || ' ' || (o.id).identity, p.grantee,
+                p.grantor || CASE WHEN p.granted THEN '+' ELSE '-' END, p.grantable::int,
+                jsonb_strip_nulls(jsonb_build_object(
+                    'action', CASE WHEN p.granted THEN 'grant_privilege'
+                                   ELSE 'revoke_privilege' END,
+                    'database', CASE WHEN o.classid = {_SHARED[0]} THEN (o.id).identity
+                                     WHEN o.classid = {_SHARED[1]} THEN NULL
+                                     ELSE current_database() END,
+                    'object', (o.id).type || ' ' || (o.id).identity,
+                    'role', coalesce(nullif(p.grantee, ''), 'PUBLIC'),
+                    'privileges', p.names, 'grantor', p.grantor,
+                    'grant_option', CASE WHEN p.grantable THEN true END))
+         FROM privileges p
+         JOIN objects o ON (o.classid, o.objid) = (p.classid, p.objid)
          UNION ALL
          -- Users made by hand that the job now manages: new members of the marker role
          -- (without ADMIN OPTION, which is its creator's), not created in this run and
          -- not marked by an earlier version.
          SELECT 8, a.member, '', '', 0, jsonb_build_object('action', 'adopt', 'role', a.member)
          FROM ma a JOIN pg_roles u ON u.rolname = a.member
-         WHERE a.role = '{MANAGED_ROLE}' AND NOT a.admin
+         WHERE a.role = '{MANAGED_ROLE}' AND a.f[5] = '0'
            AND NOT EXISTS (SELECT FROM mb b WHERE (b.role, b.member) = (a.role, a.member))
            AND (EXISTS (SELECT FROM rb WHERE rb.name = a.member)
                 OR NOT EXISTS (SELECT FROM ra WHERE ra.name = a.member))
@@ -247,32 +449,46 @@ ORDER BY part, k1 COLLATE "C", k2 COLLATE "C", k3 COLLATE "C", k4
 """
 
 
-def remember(cur: psycopg.Cursor[Any]) -> None:
-    """Keep a snapshot of the catalog on the server, for changes() to compare with."""
-    cur.execute(_REMEMBER)
+class Snapshot:
+    """The catalog as the report sees it, in the SQL for one server version (from
+    PostgreSQL 16 memberships carry their inherit and set options)."""
 
+    def __init__(self, server_version: int) -> None:
+        memberships = _MEMBERSHIPS + (_MEMBERSHIP_OPTIONS_16 if server_version >= 160000 else "")
+        self.sql = (
+            f"ARRAY({_ROLES} UNION ALL {memberships} FROM pg_auth_members a"
+            f" UNION ALL {_acl_rows()})"
+        )
+        self._changes = _changes_sql(self.sql)
 
-def fingerprint(cur: psycopg.Cursor[Any]) -> str:
-    """The catalog's fingerprint now, as changes() gives it after a change."""
-    cur.execute(_FINGERPRINT)
-    row = cur.fetchone()
-    return str(row[0]) if row is not None else ""
+    @classmethod
+    def of(cls, conn: psycopg.Connection[Any]) -> Snapshot:
+        return cls(conn.info.server_version)
 
+    def remember(self, cur: psycopg.Cursor[Any]) -> None:
+        """Keep a snapshot of the catalog on the server, for changes() to compare with."""
+        cur.execute(f"SELECT set_config('bootstrap.snapshot', ({self.sql})::text, true) IS NULL")
 
-def changes(cur: psycopg.Cursor[Any]) -> tuple[ChangeLog, str]:
-    """What changed since remember(), in the same transaction, and the fingerprint of
-    the catalog as it is now ("" when the transaction has written nothing)."""
-    found = ChangeLog()
-    fingerprint = ""
-    # A question the size of a line first: planning the report's query alone costs
-    # more than a no-op run's whole report should.
-    cur.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
-    if not (row := cur.fetchone()) or not row[0]:
+    def fingerprint(self, cur: psycopg.Cursor[Any]) -> str:
+        """The catalog's fingerprint now, as changes() gives it after a change."""
+        cur.execute(f"SELECT {_FINGERPRINT_OF} FROM unnest({self.sql}) AS e")
+        row = cur.fetchone()
+        return str(row[0]) if row is not None else ""
+
+    def changes(self, cur: psycopg.Cursor[Any]) -> tuple[ChangeLog, str]:
+        """What changed since remember(), in the same transaction, and the fingerprint
+        of the catalog as it is now ("" when the transaction has written nothing)."""
+        found = ChangeLog()
+        fingerprint = ""
+        # A question the size of a line first: planning the report's query alone costs
+        # more than a no-op run's whole report should.
+        cur.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+        if not (row := cur.fetchone()) or not row[0]:
+            return found, fingerprint
+        with cur.copy(f"COPY ({self._changes}) TO STDOUT") as copy:
+            for (text,) in copy.rows():
+                if not fingerprint:
+                    fingerprint = str(json.loads(text)["fingerprint"])
+                else:
+                    found.add_json(text)
         return found, fingerprint
-    with cur.copy(f"COPY ({_CHANGES}) TO STDOUT") as copy:
-        for (text,) in copy.rows():
-            if not fingerprint:
-                fingerprint = str(json.loads(text)["fingerprint"])
-            else:
-                found.add_json(text)
-    return found, fingerprint

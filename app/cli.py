@@ -312,15 +312,21 @@ class Outcome(Generic[T]):
 
 
 def _guarded(fn: Callable[[], T]) -> Outcome[T]:
-    """Run a command: its value, or its exit code and what went wrong."""
+    """Run a command: its value, or its exit code and what went wrong. From its end
+    on, nothing interrupts: what it returns is reported, and exited with."""
     try:
-        return Outcome(fn())
+        interrupt.release()  # a stop signal that came while starting ends it here
+        value = fn()
+        interrupt.quiet()
+        return Outcome(value)
     except (BootstrapError, interrupt.Interrupt) as caught:
+        interrupt.quiet()
         exc = caught.error if isinstance(caught, interrupt.Interrupt) else caught
         log.event("failed", logging.ERROR, error=exc.kind, detail=str(exc))
         error = {"type": exc.kind, "message": log.redact(str(exc))}
         return Outcome(None, exc.exit_code, error, exc.details)
     except Exception as exc:  # noqa: BLE001 (any other failure is a bug: exit 1)
+        interrupt.quiet()
         log.LOGGER.exception("internal_error")
         return Outcome(None, 1, {"type": "internal_error", "message": log.redact(repr(exc))})
 
@@ -363,30 +369,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "apply"
     log.setup("text" if sys.stderr.isatty() else "json", "INFO")
 
-    def hard_stop(error: BootstrapError) -> None:
-        # Cleanup after a stop signal hung (a dead network): report and go.
+    def hard_stop(error: BootstrapError) -> bool:
+        # Cleanup after a stop signal hung (a dead network): report and go, unless
+        # the run has begun writing its own result line.
         log.event("hard_stop", logging.ERROR, error=error.kind, detail=str(error))
-        if command in REPORTED:
-            failed = Outcome[Any](
-                None, error.exit_code, {"type": error.kind, "message": str(error)}
-            )
-            emit(_result(command, started, failed, {}))
+        if command not in REPORTED:
+            return True
+        failed = Outcome[Any](None, error.exit_code, {"type": error.kind, "message": str(error)})
+        return emit(_result(command, started, failed, dict(error.details)))
 
     if command == "iam-auth-server":
         from app import iamauthserver  # noqa: PLC0415
 
         # A server: no result line; a bad setting is logged and exits 2 as anywhere.
         return _guarded(iamauthserver.main).exit_code
-    interrupt.install(hard_stop)
+    interrupt.on_hard_stop(hard_stop)
     if command in PRINTERS:
         # token and policy: their output alone on stdout; failures only on stderr.
         printed = _guarded(lambda: PRINTERS[command](args, started))
-        interrupt.disarm_deadline()
         if printed.value is not None:
             sys.stdout.write(printed.value + "\n")
         return printed.exit_code
     run = _guarded(lambda: REPORTED[command](args, started))
-    interrupt.disarm_deadline()
     fields = run.value if run.value is not None else run.details
     if run.exit_code == 0:
         verdict = _verdict(command, fields)

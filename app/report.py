@@ -51,11 +51,11 @@ class Result:
 _emitted = threading.Lock()
 
 
-def emit(result: Result) -> None:
+def emit(result: Result) -> bool:
     """Write the result line, one change at a time; only the first call writes (a hard
-    stop may race the normal end of a run)."""
+    stop may race the normal end of a run), and says so."""
     if not _emitted.acquire(blocking=False):
-        return
+        return False
     line = json.dumps(result.as_json(), separators=(",", ":"), ensure_ascii=False)
     head, tail = line.split(json.dumps(_PLACEHOLDER), 1)
     out = sys.stdout
@@ -64,3 +64,4 @@ def emit(result: Result) -> None:
         out.write(("," if i else "") + log.redact(text))
     out.write("]" + log.redact(tail) + "\n")
     out.flush()
+    return True

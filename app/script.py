@@ -58,6 +58,7 @@ class Statement:
     line: int  # line of the file where the statement starts
     body_line: int | None  # line where its first dollar-quoted body starts, if any
     words: tuple[str, ...] = ()  # its keywords and identifiers, lower case, in order
+    top: tuple[str, ...] = ()  # the same, outside parentheses
 
     def line_of(self, position: int) -> int:
         """File line of a 1-based character position within the statement."""
@@ -68,6 +69,13 @@ class Statement:
 class Script:
     path: Path
     statements: tuple[Statement, ...]
+
+    @property
+    def last_line(self) -> int:
+        """The line where the last statement ends: where the script's transaction work
+        ends, which deferred constraints are checked at."""
+        last = self.statements[-1] if self.statements else None
+        return 1 if last is None else last.line + last.text.rstrip().count("\n")
 
     def error_line(self, statement: Statement, position: int | None, context: str | None) -> int:
         """Best file line for an error the server raised while running `statement`."""
@@ -88,6 +96,7 @@ class _Span:
     body: int | None = None  # offset of the first dollar-quoted body
     code: int | None = None  # offset of the first character that is not a comment
     words: tuple[str, ...] = ()
+    top: tuple[str, ...] = ()  # the words outside parentheses
     meta: int | None = None  # offset of a psql meta-command (a backslash outside quotes)
 
 
@@ -146,7 +155,8 @@ def _skip_literal(text: str, i: int) -> tuple[int, int | None] | None:
     identifier at i; None if there is none."""
     ch = text[i]
     if ch == "'":
-        escaped = i > 0 and text[i - 1] in "eE" and not (text[i - 2 : i - 1].isalnum())
+        # E'...' only where the E stands alone: my_e'...' is a typed literal.
+        escaped = i > 0 and text[i - 1] in "eE" and not _in_word(text, i - 1)
         return _skip_quoted(text, i, "'", escaped), None
     if ch == '"':
         return _skip_quoted(text, i, '"', False), None
@@ -173,7 +183,7 @@ def _atomic_depth(words: list[str], depth: int) -> int:
 def split(text: str) -> list[_Span]:
     """The statements of `text`, by character offset, split where psql splits them."""
     spans: list[_Span] = []
-    span, words = _Span(0), []
+    span, words, top = _Span(0), [], []
     parens = depth = 0
     i = 0
     while i < len(text):
@@ -193,19 +203,21 @@ def split(text: str) -> list[_Span]:
             i += 1
         elif (word := _IDENTIFIER.match(text, i)) and not _in_word(text, i):
             words.append(word.group().lower())
-            depth = _atomic_depth(words, depth) if parens == 0 else depth
+            if parens == 0:
+                top.append(words[-1])
+                depth = _atomic_depth(words, depth)
             i = word.end()
         elif ch in "()":
             parens = max(parens + (1 if ch == "(" else -1), 0)
             i += 1
         elif ch == ";" and parens == 0 and depth == 0:
-            span.end, span.words = i + 1, tuple(words)
+            span.end, span.words, span.top = i + 1, tuple(words), tuple(top)
             spans.append(span)
-            span, words = _Span(i + 1), []
+            span, words, top = _Span(i + 1), [], []
             i += 1
         else:
             i += 1
-    span.end, span.words = len(text), tuple(words)
+    span.end, span.words, span.top = len(text), tuple(words), tuple(top)
     spans.append(span)
     return spans
 
@@ -215,19 +227,43 @@ def _in_word(text: str, i: int) -> bool:
     return i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_$")
 
 
-def _escape(words: tuple[str, ...]) -> str | None:
-    """What, in a statement with these leading words, cannot run inside the job's
-    transaction; None when it can."""
+def _escape(words: tuple[str, ...], top: tuple[str, ...]) -> str | None:
+    """What, in a statement with these words (all, and those outside parentheses),
+    cannot run inside the job's transaction; None when it can."""
     if words[:2] in (("commit", "prepared"), ("rollback", "prepared")):
         return " ".join(words[:2]).upper()
-    if words[:1] == ("rollback",) and words[1:2] != ("to",):  # ROLLBACK TO stays inside
-        return "ROLLBACK"
+    if words[:1] == ("rollback",):
+        # ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] s stays inside.
+        rest = words[2:] if words[1:2] in (("work",), ("transaction",)) else words[1:]
+        return None if rest[:1] == ("to",) else "ROLLBACK"
     leads = [lead for lead in _ENDS_TRANSACTION + _NOT_IN_TRANSACTION if words[: len(lead)] == lead]
     if leads:
         return " ".join(leads[0]).upper()
     if words[:1] and words[0] in _CONCURRENT_KINDS and "concurrently" in words:
         return f"{words[0].upper()} ... CONCURRENTLY"
-    return "CLUSTER" if words == ("cluster",) else None
+    # CLUSTER without a table (every table) cannot run in a transaction block.
+    if top[:1] == ("cluster",) and set(top[1:]) <= {"verbose"}:
+        return "CLUSTER without a table"
+    return None
+
+
+def _unsafe_setting(top: tuple[str, ...]) -> str | None:
+    """What, in a SET or RESET with these words, would break the job's own reading of
+    the script or of its transaction; None when nothing does."""
+    if top[:1] not in (("set",), ("reset",)):
+        return None
+    name = top[2:3] if top[1:2] in (("session",), ("local",)) else top[1:2]
+    if top[:2] == ("reset", "all"):
+        return (
+            "RESET ALL would clear the settings the job passes init.sql its inputs in, and "
+            "its own"
+        )
+    if name == ("standard_conforming_strings",):
+        return (
+            "standard_conforming_strings is kept on: the job splits init.sql into "
+            "statements as PostgreSQL reads it with that setting on"
+        )
+    return None
 
 
 def _check(path: Path, text: str, spans: list[_Span], statements: list[Statement]) -> None:
@@ -241,7 +277,7 @@ def _check(path: Path, text: str, spans: list[_Span], statements: list[Statement
                 "server, which has no such command; use plain SQL",
             )
     for statement in statements:
-        what = _escape(statement.words)
+        what = _escape(statement.words, statement.top)
         if what is not None:
             raise ConfigError(
                 SETTING,
@@ -249,6 +285,9 @@ def _check(path: Path, text: str, spans: list[_Span], statements: list[Statement
                 "whole file in one transaction under its lock, and this statement would "
                 "end that transaction or cannot run inside one",
             )
+        unsafe = _unsafe_setting(statement.top)
+        if unsafe is not None:
+            raise ConfigError(SETTING, f"{path}:{statement.line}: {unsafe}")
 
 
 def parse(path: Path, text: str) -> Script:
@@ -266,6 +305,7 @@ def parse(path: Path, text: str) -> Script:
                 line=text.count("\n", 0, span.code) + 1,
                 body_line=None if span.body is None else text.count("\n", 0, span.body) + 1,
                 words=span.words,
+                top=span.top,
             )
         )
     _check(path, text, spans, statements)

@@ -1,7 +1,9 @@
 """verify: a read-only look at whether the catalog matches IAM_USERS.
 
 Each listed user must exist, log in, be a member of rds_iam and of its listed roles,
-and carry the managed marker; a managed user no longer listed must no longer be
+and carry the managed marker; nothing may stop it from logging in (a connection
+limit of 0, no CONNECT on the database through PUBLIC, itself or its groups) or from
+using its groups (a membership without INHERIT); a managed user no longer listed must no longer be
 able to log in with IAM. With --connect, each listed user also logs in with a fresh
 IAM token and runs SELECT 1.
 """
@@ -23,7 +25,15 @@ _LISTED = f"""
 SELECT u.name, p.oid IS NOT NULL, coalesce(p.rolcanlogin, false),
        p.oid IS NOT NULL AND {catalog.MANAGED_USER},
        ARRAY(SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
-             WHERE a.member = p.oid)
+             WHERE a.member = p.oid),
+       p.rolconnlimit = 0,
+       p.oid IS NOT NULL AND NOT has_database_privilege(p.oid, current_database(), 'CONNECT'),
+       -- Groups it is a member of but holds no privileges of (granted WITH INHERIT
+       -- FALSE on 16+, or the user NOINHERIT).
+       ARRAY(SELECT DISTINCT g.rolname FROM pg_auth_members a
+             JOIN pg_roles g ON g.oid = a.roleid
+             WHERE a.member = p.oid AND NOT pg_has_role(p.oid, g.oid, 'USAGE')),
+       current_database()
 FROM jsonb_to_recordset(current_setting('bootstrap.iam_users')::jsonb) AS u(name text)
 LEFT JOIN pg_roles p ON p.rolname = u.name
 ORDER BY 1
@@ -64,12 +74,21 @@ def findings(
             (listed, master),
         )
         cur.execute(_LISTED)
-        for name, exists, login, managed, member_of in cur.fetchall():
+        for row in cur.fetchall():
+            name, exists, login, managed, member_of, no_connections, no_connect = row[:7]
+            not_inherited, database = row[7:]
             if not exists:
                 found.append({"role": name, "problem": "missing"})
                 continue
             if not login:
                 found.append({"role": name, "problem": "no_login"})
+            if no_connections:
+                found.append({"role": name, "problem": "connection_limit_zero"})
+            if no_connect:
+                found.append({"role": name, "problem": "no_connect", "database": database})
+            for group in wanted[name].roles:
+                if group in member_of and group in not_inherited:
+                    found.append({"role": name, "problem": "group_not_inherited", "group": group})
             if "rds_iam" not in member_of:
                 found.append({"role": name, "problem": "not_in_rds_iam"})
             for group in wanted[name].roles:

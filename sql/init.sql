@@ -253,7 +253,7 @@ BEGIN
             FROM jsonb_to_recordset(listed) AS u(name text)
             JOIN pg_roles p ON p.rolname = u.name
             -- CASE fixes the order: pg_has_role only where nothing cheaper decides.
-            WHERE CASE WHEN p.rolcanlogin THEN false
+            WHERE CASE WHEN p.rolcanlogin AND p.rolconnlimit <> 0 THEN false
                        WHEN EXISTS (SELECT FROM pg_auth_members a
                                     WHERE a.roleid = p.oid AND a.member = master_oid
                                       AND a.admin_option) THEN false
@@ -261,7 +261,7 @@ BEGIN
             ORDER BY 1
             LIMIT 1
         LOOP
-            RAISE EXCEPTION 'the master user % cannot give role % LOGIN: it has no ADMIN OPTION on it',
+            RAISE EXCEPTION 'the master user % cannot give role % LOGIN (or lift its connection limit of 0): it has no ADMIN OPTION on it',
                 master, r.name
                 USING ERRCODE = 'insufficient_privilege',
                       DETAIL = format('From PostgreSQL 16 only a role holding ADMIN OPTION on %I '
@@ -273,18 +273,26 @@ BEGIN
     END IF;
 
     -- Users: create the missing ones (all in this one block, one round trip), and
-    -- restore LOGIN where it was taken.
+    -- restore LOGIN where it was taken and a connection limit of 0 (no connection at
+    -- all: back to no limit; any other limit is the administrator's). On PostgreSQL
+    -- 15 a user that does not inherit (NOINHERIT) cannot use its groups: it does.
     FOR r IN
-        SELECT u.name, p.oid IS NULL AS missing
-        FROM jsonb_to_recordset(listed) AS u(name text)
+        SELECT u.name, p.oid IS NULL AS missing,
+               concat(CASE WHEN NOT p.rolcanlogin THEN ' LOGIN' END,
+                      CASE WHEN p.rolconnlimit = 0 THEN ' CONNECTION LIMIT -1' END,
+                      CASE WHEN NOT pg16 AND NOT p.rolinherit
+                                AND jsonb_array_length(coalesce(u.roles, '[]')) > 0
+                           THEN ' INHERIT' END) AS repair
+        FROM jsonb_to_recordset(listed) AS u(name text, roles jsonb)
         LEFT JOIN pg_roles p ON p.rolname = u.name
-        WHERE p.oid IS NULL OR NOT p.rolcanlogin
+        WHERE p.oid IS NULL OR NOT p.rolcanlogin OR p.rolconnlimit = 0
+           OR (NOT pg16 AND NOT p.rolinherit AND jsonb_array_length(coalesce(u.roles, '[]')) > 0)
         ORDER BY 1
     LOOP
         IF r.missing THEN
             EXECUTE format('CREATE ROLE %I WITH LOGIN', r.name);
         ELSE
-            EXECUTE format('ALTER ROLE %I WITH LOGIN', r.name);
+            EXECUTE format('ALTER ROLE %I WITH%s', r.name, r.repair);
         END IF;
     END LOOP;
 
@@ -340,6 +348,28 @@ BEGIN
             granted_now := granted_now || ARRAY(SELECT n || ':' || r.role FROM unnest(r.names) AS n);
         END IF;
     END LOOP;
+
+    -- From PostgreSQL 16 each membership says whether its member inherits the role's
+    -- privileges: a listed role held only without INHERIT gives the user none of
+    -- them. One GRANT per role gives them INHERIT (the master's own grant changes, or
+    -- one of its own is added beside another administrator's).
+    IF pg16 THEN
+        FOR r IN
+            SELECT g.role, string_agg(format('%I', u.name), ', ' ORDER BY u.name) AS names
+            FROM jsonb_to_recordset(listed) AS u(name text, roles text[])
+            CROSS JOIN LATERAL unnest(coalesce(u.roles, '{}')) AS g(role)
+            JOIN pg_roles pu ON pu.rolname = u.name
+            JOIN pg_roles pr ON pr.rolname = g.role
+            WHERE EXISTS (SELECT FROM pg_auth_members a
+                          WHERE a.member = pu.oid AND a.roleid = pr.oid)
+              AND NOT EXISTS (SELECT FROM pg_auth_members a
+                              WHERE a.member = pu.oid AND a.roleid = pr.oid AND a.inherit_option)
+            GROUP BY g.role
+            ORDER BY 1
+        LOOP
+            EXECUTE format('GRANT %I TO %s WITH INHERIT TRUE', r.role, r.names);
+        END LOOP;
+    END IF;
 
     -- The record: for listed users, the recorded roles still listed and those granted
     -- now; for others that still exist, what was recorded (a pruned user may be
@@ -402,10 +432,18 @@ BEGIN
                 EXECUTE format('REVOKE rds_iam FROM %s', r.names);
             END IF;
         END LOOP;
+        -- From PostgreSQL 16 a user another administrator made can only be altered
+        -- with ADMIN OPTION on it, which the master lacks: it keeps LOGIN, and the job
+        -- reports it with the grant that lets the next run retire it.
         FOR r IN
             SELECT p.rolname AS name
             FROM pg_roles p
             WHERE p.rolcanlogin AND p.rolname = ANY (retired)
+              AND CASE WHEN NOT pg16 THEN true
+                       WHEN EXISTS (SELECT FROM pg_auth_members a
+                                    WHERE a.roleid = p.oid AND a.member = master_oid
+                                      AND a.admin_option) THEN true
+                       ELSE pg_has_role(master, p.oid, 'USAGE WITH ADMIN OPTION') END
             ORDER BY 1
         LOOP
             EXECUTE format('ALTER ROLE %I WITH NOLOGIN', r.name);

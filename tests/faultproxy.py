@@ -2,13 +2,17 @@
 
 - refuse_for(seconds): nothing listens at first (a cluster resuming from auto-pause),
   then connections go through;
-- cut_on(marker): the first connection whose client sends `marker` is cut right
-  there, both ways (a network fault mid-transaction); later connections pass. It
+- cut_on(marker, occurrence=1): the connection whose client sends `marker` for the
+  occurrence-th time (counted over all connections) is cut right there, both ways (a
+  network fault mid-transaction); later connections pass. It
   reads the client's bytes, so it needs a server without TLS;
 - delay(seconds): every chunk, both ways, waits that long first;
 - drop_reply_to(marker): the first client chunk holding `marker` reaches the server,
   and the server's reply to it is thrown away as both sides are closed (a COMMIT
   whose answer is lost);
+- hold_reply_to(marker): the first client chunk holding `marker` reaches the server,
+  and from then on nothing the server sends reaches the client, while both stay
+  connected (a COMMIT waiting on a synchronous standby that is down);
 - cut_handshakes(n): the first n connections are closed on the client's second chunk,
   which under TLS is the ClientHello (a server failing over mid-handshake);
 - freeze_on(marker, hook): on the first client chunk holding `marker`, forwarding
@@ -34,11 +38,14 @@ from tools.localpg import free_port
 class Faults:
     listen_after: float = 0.0  # monotonic time before which nothing listens
     cut_marker: bytes | None = None
+    cut_skip: int = 0  # occurrences of cut_marker to let through first
     refuse_after_cut: bool = False
     cuts: int = 0  # connections cut so far
     delay: float = 0.0
     connections: int = 0
     drop_reply_marker: bytes | None = None
+    hold_reply_marker: bytes | None = None
+    replies_held: int = 0
     replies_dropped: int = 0
     handshake_cuts_left: int = 0
     handshake_cuts: int = 0
@@ -81,10 +88,11 @@ class FaultProxy:
 
         asyncio.run_coroutine_threadsafe(reopen(), self._loop)
 
-    def cut_on(self, marker: bytes, then_refuse: bool = False) -> None:
-        """Cut the first connection that sends `marker`; with then_refuse, accept no
-        connection afterwards (the job cannot retry its way out)."""
+    def cut_on(self, marker: bytes, then_refuse: bool = False, occurrence: int = 1) -> None:
+        """Cut the connection that sends `marker` for the occurrence-th time; with
+        then_refuse, accept no connection afterwards (the job cannot retry its way out)."""
         self.faults.cut_marker = marker
+        self.faults.cut_skip = occurrence - 1
         self.faults.refuse_after_cut = then_refuse
 
     def delay(self, seconds: float) -> None:
@@ -92,6 +100,9 @@ class FaultProxy:
 
     def drop_reply_to(self, marker: bytes) -> None:
         self.faults.drop_reply_marker = marker
+
+    def hold_reply_to(self, marker: bytes) -> None:
+        self.faults.hold_reply_marker = marker
 
     def cut_handshakes(self, count: int) -> None:
         self.faults.handshake_cuts_left = count
@@ -110,6 +121,7 @@ class FaultProxy:
         done = asyncio.Event()
         frozen = asyncio.Event()
         reply_doomed = asyncio.Event()  # the next server chunk is thrown away
+        reply_held = asyncio.Event()  # server chunks are thrown away, sockets kept
         cut_handshake = self.faults.handshake_cuts_left > 0
         if cut_handshake:
             self.faults.handshake_cuts_left -= 1
@@ -144,12 +156,18 @@ class FaultProxy:
                     if not inspect and reply_doomed.is_set():
                         self.faults.replies_dropped += 1
                         break
+                    if not inspect and reply_held.is_set():
+                        self.faults.replies_held += 1
+                        continue
                     if inspect:
                         if cut_handshake and chunks == 2:
                             self.faults.handshake_cuts += 1
                             break
                         seen = (seen + chunk)[-65536:]
-                        if seen_in(seen, self.faults.cut_marker):
+                        if seen_in(seen, self.faults.cut_marker) and self.faults.cut_skip:
+                            self.faults.cut_skip -= 1
+                            seen = b""  # this occurrence is let through
+                        elif seen_in(seen, self.faults.cut_marker):
                             self.faults.cut_marker = None  # only the first time
                             self.faults.cuts += 1
                             if self.faults.refuse_after_cut:
@@ -165,9 +183,12 @@ class FaultProxy:
                         if seen_in(seen, self.faults.drop_reply_marker):
                             self.faults.drop_reply_marker = None
                             reply_doomed.set()
+                        if seen_in(seen, self.faults.hold_reply_marker):
+                            self.faults.hold_reply_marker = None
+                            reply_held.set()
                     dst.write(chunk)
                     await dst.drain()
-                if frozen.is_set():
+                if frozen.is_set() or reply_held.is_set():
                     # Silent, not closed: the peers must find out by themselves.
                     await done.wait()
             except (ConnectionError, OSError):
