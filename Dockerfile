@@ -30,5 +30,7 @@ ENV PATH="/opt/aurora-bootstrap/bin:${PATH}" \
     PYTHONUNBUFFERED=1
 # No shell user needed: a fixed unprivileged uid, as ECS and Kubernetes prefer.
 USER 65532:65532
-ENTRYPOINT ["aurora-bootstrap"]
+# Stop signals stay blocked from exec until the job has its handlers in place (it
+# unblocks them first thing), so that a SIGTERM at any moment gets a result line.
+ENTRYPOINT ["env", "--block-signal=TERM", "--block-signal=INT", "aurora-bootstrap"]
 CMD ["apply"]

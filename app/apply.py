@@ -160,12 +160,13 @@ def _run_script(
     for statement in script.statements:
         deadline.activity = f"running {script.path}:{statement.line}"
         try:
-            # In pipeline mode psycopg sends each statement with the extended protocol,
-            # where the server refuses a call holding more than one statement: where
-            # the splitter and the server disagree about where a statement ends (a
-            # COMMIT hidden in what looked like one), the call fails, nothing commits.
-            with conn.pipeline():
-                cur.execute(statement.text.encode())
+            # A prepared statement goes through the extended protocol, where the server
+            # refuses a call holding more than one statement: where the splitter and
+            # the server disagree about where a statement ends (a COMMIT hidden in
+            # what looked like one), the call fails and nothing commits. (Pipeline
+            # mode would too, but its flush requests keep the server from arming
+            # idle_in_transaction_session_timeout after each statement.)
+            cur.execute(statement.text.encode(), prepare=True)
         except psycopg.Error as exc:
             # The server was writable when the transaction began and cannot become
             # read-only within it: 25006 now comes from the script itself.

@@ -1,9 +1,11 @@
 """What init.sql changed, read from the catalog itself.
 
 A snapshot is taken before and after init.sql inside the same transaction, so the
-report is what the database did, not what the script meant to do. Only catalogs the
-master user can read on Aurora are used: pg_roles, pg_auth_members, pg_shdescription,
-pg_namespace, pg_default_acl, pg_class (never pg_authid).
+report is what the database did, not what the script meant to do. The same snapshot
+gives the fingerprint that confirms a COMMIT whose reply was lost, so the report and
+that check see the same changes. Only catalogs the master user can read on Aurora are
+used: pg_roles, pg_auth_members, pg_shdescription and the catalogs of objects with
+privileges (never pg_authid).
 
 Both snapshots stay on the server: the first is kept as a text array in a
 transaction-local setting, and after init.sql one query returns only the rows that
@@ -67,22 +69,13 @@ ORDER BY 1, 2
 Finding = dict[str, object]
 
 
-def prune_findings(cur: psycopg.Cursor[Any]) -> list[Finding]:
-    """rds_iam memberships PRUNE left in place: on PostgreSQL 16+ a grant made by
-    another administrator belongs to it, and the master cannot revoke it."""
-    cur.execute(_STILL_IN_RDS_IAM)
-    return [
-        {"role": name, "problem": "rds_iam_not_revoked", "grantor": grantor}
-        for name, grantor in cur.fetchall()
-    ]
-
-
 # Managed users no longer listed that can still log in after PRUNE: from PostgreSQL 16
 # only a role holding ADMIN OPTION on a user may alter it, and the master holds none
 # on a user another administrator made.
 _STILL_LOGIN = f"""
 SELECT p.rolname,
-       format('GRANT %I TO %I WITH ADMIN OPTION', p.rolname, current_setting('bootstrap.master_user'))
+       format('GRANT %I TO %I WITH ADMIN OPTION', p.rolname,
+              current_setting('bootstrap.master_user'))
 FROM pg_roles p
 WHERE {MANAGED_USER} AND p.rolcanlogin
   AND p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset(
@@ -145,7 +138,9 @@ _ROLE_ATTRIBUTES = (
 )
 # Memberships with their grantor (from PostgreSQL 16 a membership belongs to it) and
 # options: m:ROLE:MEMBER:GRANTOR:ADMIN, and from 16 :INHERIT:SET, by oid.
-_MEMBERSHIPS = "SELECT 'm:' || a.roleid || ':' || a.member || ':' || a.grantor || ':' || a.admin_option::int"
+_MEMBERSHIPS = (
+    "SELECT 'm:' || a.roleid || ':' || a.member || ':' || a.grantor || ':' || a.admin_option::int"
+)
 _MEMBERSHIP_OPTIONS_16 = " || ':' || a.inherit_option::int || ':' || a.set_option::int"
 # Privileges, one row per object whose ACL is not the default: a:CLASS:OID:KIND:OWNER:ACL,
 # KIND being the object type acldefault() takes ('E' for a schema's default
@@ -246,7 +241,10 @@ _COMMENT_OF_A = (
 # the order rows come in does not matter.
 _FINGERPRINT_OF = "count(*) || ':' || coalesce(sum(hashtextextended(e, 0)), 0)"
 # A role name in an ACL item, as PostgreSQL prints it: quoted where it must be.
-_UNQUOTE = "CASE WHEN left({0}, 1) = '\"' THEN replace(substr({0}, 2, length({0}) - 2), '\"\"', '\"') ELSE {0} END"
+_UNQUOTE = (
+    "CASE WHEN left({0}, 1) = '\"'"
+    " THEN replace(substr({0}, 2, length({0}) - 2), '\"\"', '\"') ELSE {0} END"
+)
 
 
 def _changes_sql(snapshot: str) -> str:
@@ -266,7 +264,8 @@ def _changes_sql(snapshot: str) -> str:
     )
     options = "\n         UNION ALL\n".join(
         f"""         SELECT 6, a.role, a.member, a.grantor, {k},
-                jsonb_build_object('action', CASE WHEN a.f[{k}] = '1' THEN 'grant' ELSE 'revoke' END,
+                jsonb_build_object('action', CASE WHEN a.f[{k}] = '1' THEN 'grant'
+                                                  ELSE 'revoke' END,
                                    'role', a.role, 'member', a.member, 'grantor', a.grantor,
                                    'option', '{option}')
          FROM ma a JOIN mb b ON (b.role, b.member, b.grantor) = (a.role, a.member, a.grantor)
@@ -391,7 +390,8 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
          UNION ALL
          SELECT 3, a.name, 'settings', '', 0,
                 jsonb_build_object('action', 'alter_role', 'role', a.name, 'settings',
-                                   (SELECT to_jsonb(p.rolconfig) FROM pg_roles p WHERE p.oid = a.oid))
+                                   (SELECT to_jsonb(p.rolconfig) FROM pg_roles p
+                                    WHERE p.oid = a.oid))
          FROM ra a JOIN rb b ON b.name = a.name WHERE a.config <> b.config
          UNION ALL
 {attributes}

@@ -58,6 +58,7 @@ def _in_doubt(what: str) -> str:
 class _State:
     held = False  # stop signals are noted, not raised
     committing = False  # COMMIT is in flight: its outcome is unknown
+    committed = False  # COMMIT answered: the run reports, whatever comes
     pending: Interrupt | None = None
     deadline_message: Callable[[], str] = str
     deadline_at: float | None = None  # time.monotonic() when the deadline passes
@@ -77,7 +78,7 @@ def _stop_signal(signum: int, frame: FrameType | None) -> None:
             f"stopped by {name}: the statement in flight was cancelled and the "
             "transaction rolled back"
         )
-    if _state.held and not _state.committing and _state.pending is None:
+    if _state.committed:
         return  # the outcome is known and being reported: nothing to stop
     _arm_hard_stop(error)
     if _state.held:
@@ -92,9 +93,7 @@ def _stop_signal(signum: int, frame: FrameType | None) -> None:
 def _deadline(signum: int, frame: FrameType | None) -> None:
     _state.held = True
     if _state.committing:
-        raise Interrupt(
-            DeadlineExceeded(_in_doubt(_state.deadline_message()), dict(IN_DOUBT))
-        )
+        raise Interrupt(DeadlineExceeded(_in_doubt(_state.deadline_message()), dict(IN_DOUBT)))
     raise Interrupt(DeadlineExceeded(_state.deadline_message()))
 
 
@@ -155,6 +154,7 @@ def committed() -> None:
     """COMMIT answered: the outcome is known, and the run finishes and reports it
     whatever signal comes; a hard stop armed meanwhile is called off."""
     _state.committing = False
+    _state.committed = True
     _state.pending = None
     disarm_deadline()
     if _state.hard_stop is not None:

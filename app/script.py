@@ -255,8 +255,7 @@ def _unsafe_setting(top: tuple[str, ...]) -> str | None:
     name = top[2:3] if top[1:2] in (("session",), ("local",)) else top[1:2]
     if top[:2] == ("reset", "all"):
         return (
-            "RESET ALL would clear the settings the job passes init.sql its inputs in, and "
-            "its own"
+            "RESET ALL would clear the settings the job passes init.sql its inputs in, and its own"
         )
     if name == ("standard_conforming_strings",):
         return (
