@@ -151,7 +151,14 @@ def test_image_runs_as_non_root_with_its_ca_bundle_and_init_sql() -> None:
     inspect = docker("image", "inspect", image, "--format", "{{json .Config}}")
     config = json.loads(inspect.stdout)
     assert config["User"] == "65532:65532"
-    assert config["Entrypoint"] == ["aurora-bootstrap"] and config["Cmd"] == ["apply"]
+    # Stop signals blocked from exec until the job's handlers are in place.
+    assert config["Entrypoint"] == [
+        "env",
+        "--block-signal=TERM",
+        "--block-signal=INT",
+        "aurora-bootstrap",
+    ]
+    assert config["Cmd"] == ["apply"]
 
 
 def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
