@@ -15,7 +15,7 @@ PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
 ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench
+.PHONY: help install venv-newest system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,9 +31,25 @@ $(BIN)/aurora-bootstrap: requirements-dev.lock pyproject.toml
 
 install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app in it
 
-system-deps: ## Debian's PostgreSQL 15 (with TLS) and iptables for the tests, if missing
+# The newest Python that pyenv has (requires-python admits every 3.x from 3.11): the
+# package installed from the lock into .venv-newest, for the tests that must pass on it.
+NEWEST_PYTHON ?= $(shell ls -d "$$(pyenv root 2>/dev/null)"/versions/3.* 2>/dev/null | sort -V | tail -n 1)/bin/python
+NEWEST := .venv-newest
+$(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap
+	@echo "make: building $(NEWEST) with $(NEWEST_PYTHON)" >&2
+	@test -x "$(NEWEST_PYTHON)" || { echo "make: no newer Python found (NEWEST_PYTHON=...): its tests are skipped" >&2; exit 0; }
+	@rm -rf $(NEWEST) && "$(NEWEST_PYTHON)" -m venv $(NEWEST) >&2
+	@$(NEWEST)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock >&2
+	@rm -rf $(NEWEST)-wheel && $(BIN)/pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w $(NEWEST)-wheel . >&2
+	@$(NEWEST)/bin/pip install -q --disable-pip-version-check --no-deps $(NEWEST)-wheel/*.whl >&2 && rm -rf $(NEWEST)-wheel
+	@touch $@
+
+venv-newest: $(NEWEST)/bin/aurora-bootstrap ## the package on the newest Python pyenv has, in .venv-newest
+
+system-deps: ## Debian's PostgreSQL 15 (with TLS), iptables and ldap-utils for the tests, if missing
 	@missing=""; \
 	[ -x /usr/lib/postgresql/15/bin/postgres ] || missing="$$missing postgresql-15"; \
+	command -v ldapwhoami >/dev/null || missing="$$missing ldap-utils"; \
 	command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing="$$missing iptables"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -60,7 +76,7 @@ node_modules/.bin/asl-validator: package-lock.json
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error >&2; \
 	else echo "npm missing: the state machine definition's check is skipped" >&2; fi
 
-test: install system-deps lint node_modules/.bin/asl-validator ## lint, then every test on PostgreSQL 15 and 18
+test: install venv-newest system-deps lint node_modules/.bin/asl-validator ## lint, then every test on PostgreSQL 15 and 18
 	$(BIN)/pytest
 
 wheels: install ## the image's wheelhouse: locked dependencies and the app's wheel
@@ -97,4 +113,4 @@ bench: install ## measure the job against psql and the import floor, into BENCH_
 
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove
-	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis wheels
+	rm -rf $(VENV) $(NEWEST) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis wheels
