@@ -100,7 +100,24 @@ def parse_env_overrides(pairs: list[str]) -> list[dict[str, str]]:
         if not sep or not name:
             raise ConfigError("--env", f"{pair.split('=')[0]!r} is not KEY=VALUE")
         environment.append({"name": name, "value": value})
+    size = overrides_size("", environment)
+    if size > MAX_OVERRIDES_CHARACTERS:
+        raise ConfigError(
+            "--env",
+            f"the overrides would be {size} characters; RunTask takes at most "
+            f"{MAX_OVERRIDES_CHARACTERS}: put long values in the task definition",
+        )
     return environment
+
+
+# RunTask's limit on the overrides of one task, as AWS documents it.
+MAX_OVERRIDES_CHARACTERS = 8192
+
+
+def overrides_size(container: str, environment: list[dict[str, str]]) -> int:
+    """The size of RunTask's `overrides` (its JSON text) for one container."""
+    overrides = {"containerOverrides": [{"name": container, "environment": environment}]}
+    return len(json.dumps(overrides, separators=(",", ":")))
 
 
 @dataclass
@@ -108,6 +125,7 @@ class Container:
     name: str
     log_group: str | None
     log_stream_prefix: str | None
+    log_region: str | None = None  # awslogs-region: the log group's, not the session's
 
 
 def pick_container(task_definition: Mapping[str, Any], wanted: str | None) -> Container:
@@ -134,6 +152,7 @@ def pick_container(task_definition: Mapping[str, Any], wanted: str | None) -> Co
         name=definition["name"],
         log_group=options.get("awslogs-group") if awslogs else None,
         log_stream_prefix=options.get("awslogs-stream-prefix") if awslogs else None,
+        log_region=options.get("awslogs-region") if awslogs else None,
     )
 
 
@@ -235,20 +254,14 @@ class LogTail:
             )
 
 
-def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) -> dict[str, Any]:
-    """RunTask, follow it, and return the fields of ecs-run's result line."""
-    aws = Aws(deadline)
-    ecs: ECSClient = aws.session.client("ecs", config=aws.config())
-    logs: CloudWatchLogsClient = aws.session.client("logs", config=aws.config())
-    definition = aws.call(
-        lambda: ecs.describe_task_definition(taskDefinition=settings.task_definition),
-        what=f"describing task definition {settings.task_definition}",
-        missing=f"task definition {settings.task_definition}",
-    )["taskDefinition"]
-    container = pick_container(definition, settings.container)
+def _request(
+    settings: EcsSettings, definition_arn: str, container: str, env: list[dict[str, str]]
+) -> dict[str, Any]:
+    """RunTask's request, but for its client token; overrides past RunTask's limit are
+    refused before it is called."""
     request: dict[str, Any] = {
         "cluster": settings.cluster,
-        "taskDefinition": definition["taskDefinitionArn"],
+        "taskDefinition": definition_arn,
         "count": 1,
         "startedBy": "aurora-bootstrap",
     }
@@ -265,9 +278,31 @@ def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) ->
             }
         }
     if env:
-        request["overrides"] = {
-            "containerOverrides": [{"name": container.name, "environment": env}]
-        }
+        size = overrides_size(container, env)
+        if size > MAX_OVERRIDES_CHARACTERS:
+            raise ConfigError(
+                "--env",
+                f"the overrides would be {size} characters; RunTask takes at most "
+                f"{MAX_OVERRIDES_CHARACTERS}: put long values in the task definition",
+            )
+        request["overrides"] = {"containerOverrides": [{"name": container, "environment": env}]}
+    return request
+
+
+def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) -> dict[str, Any]:
+    """RunTask, follow it, and return the fields of ecs-run's result line."""
+    aws = Aws(deadline)
+    ecs: ECSClient = aws.session.client("ecs", config=aws.config())
+    definition = aws.call(
+        lambda: ecs.describe_task_definition(taskDefinition=settings.task_definition),
+        what=f"describing task definition {settings.task_definition}",
+        missing=f"task definition {settings.task_definition}",
+    )["taskDefinition"]
+    container = pick_container(definition, settings.container)
+    logs: CloudWatchLogsClient = aws.session.client(
+        "logs", region_name=container.log_region, config=aws.config()
+    )
+    request = _request(settings, definition["taskDefinitionArn"], container.name, env)
     # One token for every retry of this RunTask: ECS answers a repeat with the task it
     # already started, so a reply lost in transit never starts a second task.
     request["clientToken"] = str(uuid.uuid4())
@@ -303,8 +338,13 @@ def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) ->
         return dict(answer["tasks"][0])
 
     last_status = ""
+    seen_running = False
     while True:
         task = aws.call(describe, what=f"following task {task_id}", missing=f"task {task_arn}")
+        seen_running = seen_running or any(
+            c.get("name") == container.name and c.get("lastStatus") == "RUNNING"
+            for c in task.get("containers") or []
+        )
         if tail is not None:
             tail.poll()
         if task.get("lastStatus") != last_status:
@@ -320,18 +360,40 @@ def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) ->
         time.sleep(settings.poll_seconds)
     if tail is not None:
         tail.drain(deadline, settings.poll_seconds, settings.log_grace_seconds)
-    return outcome(task, container.name, tail.results if tail else [])
+    return outcome(task, container.name, tail.results if tail else [], seen_running=seen_running)
 
 
 # Stop codes of a task that someone or something stopped, rather than its container
 # exiting: StopTask, a deployment, a Spot interruption, a host retired.
+# InfrastructureHealth: ECS stopped it for its infrastructure (botocore's TaskStopCode).
 _STOPPED_BY = frozenset(
-    {"UserInitiated", "ServiceSchedulerInitiated", "SpotInterruption", "TerminationNotice"}
+    {
+        "UserInitiated",
+        "ServiceSchedulerInitiated",
+        "SpotInterruption",
+        "TerminationNotice",
+        "InfrastructureHealth",
+    }
 )
 
 
+def _sidecar_failed_first(task: Mapping[str, Any], container: Mapping[str, Any]) -> str | None:
+    """The essential container that failed while ours never ran (it has no exit code
+    and was never seen RUNNING), if any."""
+    for other in task.get("containers") or []:
+        if other.get("name") == container.get("name"):
+            continue
+        if other.get("exitCode") not in (None, 0) or other.get("reason"):
+            return str(other.get("name"))
+    return None
+
+
 def outcome(
-    task: Mapping[str, Any], container_name: str, results: list[dict[str, Any]]
+    task: Mapping[str, Any],
+    container_name: str,
+    results: list[dict[str, Any]],
+    *,
+    seen_running: bool = False,
 ) -> dict[str, Any]:
     """The followed container's exit code, and how the task came to stop. Raises
     TaskNotStarted if the container never ran, TaskLost if it ran and its exit code
@@ -352,6 +414,14 @@ def outcome(
     }
     if exit_code is None:
         ran = task.get("startedAt") is not None and stop_code != "TaskFailedToStart"
+        sidecar = None if seen_running or results else _sidecar_failed_first(task, container)
+        if ran and sidecar is not None:
+            raise TaskNotStarted(
+                f"task {task['taskArn']} stopped before {container_name} ran: container "
+                f"{sidecar} failed first ({stop_code or 'no stop code'}): "
+                f"{reason or 'no reason given'}",
+                fields,
+            )
         if ran:
             raise TaskLost(
                 f"task {task['taskArn']} ran {container_name}, but its exit code was lost "

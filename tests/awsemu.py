@@ -103,6 +103,8 @@ class ProxyState:
     lose_replies: dict[str, int] = field(default_factory=dict)
     # (service, operation) -> an error answered instead of forwarding: (status, code)
     errors: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    # (service, operation) -> how many more times its error is answered (else: always)
+    error_times: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.throttle.clear()
@@ -114,6 +116,7 @@ class ProxyState:
         self.rewrites.clear()
         self.lose_replies.clear()
         self.errors.clear()
+        self.error_times.clear()
 
 
 class ThrottlingProxy:
@@ -149,7 +152,13 @@ class ThrottlingProxy:
                     content_type, text = _THROTTLE_BODIES[kind]
                     self._answer(400, {"Content-Type": content_type}, text.encode())
                     return
-                error = state.errors.get((service, operation))
+                with lock:
+                    error = state.errors.get((service, operation))
+                    if error is not None and (service, operation) in state.error_times:
+                        state.error_times[(service, operation)] -= 1
+                        if state.error_times[(service, operation)] <= 0:
+                            del state.errors[(service, operation)]
+                            del state.error_times[(service, operation)]
                 if error is not None:
                     status, code = error
                     body_text = json.dumps({"__type": code, "message": f"emulated {code}"})
@@ -218,13 +227,13 @@ class Emulator:
         self.url = self.proxy.url
         self.state = self.proxy.state
 
-    def admin(self, service: str) -> Any:
+    def admin(self, service: str, region: str = REGION) -> Any:
         """A client straight to moto: set-up calls are never throttled or counted."""
         env = client_env(self.moto.url)
         return boto3.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.moto.url,
-            region_name=REGION,
+            region_name=region,
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )

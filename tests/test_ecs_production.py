@@ -14,6 +14,7 @@ import pytest
 from tests import awsemu
 from tests.conftest import job_env, run_job
 from tests.test_ecs import (
+    FAMILY,
     GROUP,
     JOB_RESULT,
     PREFIX,
@@ -195,6 +196,16 @@ STOPS: list[tuple[str, dict[str, Any], int, str]] = [
         "killed for memory",
     ),
     (
+        "stopped for its infrastructure",
+        {
+            "stopCode": "InfrastructureHealth",
+            "stoppedReason": "Task stopped due to infrastructure health",
+            "exitCode": 143,
+        },
+        143,
+        "stopped (InfrastructureHealth)",
+    ),
+    (
         "host lost",
         {
             "stopCode": "TerminationNotice",
@@ -244,3 +255,74 @@ def test_deadline_of_ecs_run_names_its_own_setting(aws: awsemu.Emulator) -> None
     assert "DEADLINE_SECONDS=2" not in run.result["error"]["message"].replace(
         "ECS_DEADLINE_SECONDS=2", ""
     )
+
+
+def test_a_sidecar_that_failed_before_the_container_ran_is_never_ran(
+    aws: awsemu.Emulator,
+) -> None:
+    """Scripted: an essential sidecar failed before the job's container started (it
+    depends on it): the task has startedAt, the job's container no exit code and was
+    never RUNNING. It never ran (8), rather than ran and lost its code (9)."""
+    net = setup_ecs(aws)
+
+    def stopped(task: dict[str, Any]) -> None:
+        task["stopCode"] = "EssentialContainerExited"
+        task["stoppedReason"] = "Essential container in task exited"
+        task["startedAt"] = task.get("createdAt", time.time())
+        task["containers"] = [
+            {"name": "bootstrap", "lastStatus": "STOPPED"},
+            {"name": "proxy", "lastStatus": "STOPPED", "exitCode": 1, "reason": "bad config"},
+        ]
+
+    on_stopped(aws, stopped)
+    run = ecs_run(aws, net)
+    assert run.code == 8, run
+    assert "proxy failed first" in run.result["error"]["message"]
+
+
+def test_the_log_tail_reads_the_region_of_the_log_group(aws: awsemu.Emulator) -> None:
+    """The task definition's awslogs-region, not the session's, holds the stream."""
+    net = setup_ecs(aws)
+    region = "eu-west-1"
+    logs = aws.admin("logs", region)
+    logs.create_log_group(logGroupName=GROUP)
+    definition = aws.admin("ecs").describe_task_definition(taskDefinition=FAMILY)["taskDefinition"]
+    containers = definition["containerDefinitions"]
+    containers[0]["logConfiguration"]["options"]["awslogs-region"] = region
+    aws.admin("ecs").register_task_definition(
+        family="aurora-bootstrap-eu",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="256",
+        memory="512",
+        containerDefinitions=containers,
+    )
+
+    def write(service: str, operation: str, body: bytes) -> bytes:
+        if operation == "RunTask":
+            task_id = json.loads(body)["tasks"][0]["taskArn"].rsplit("/", 1)[-1]
+            stream = f"{PREFIX}/bootstrap/{task_id}"
+            logs.create_log_stream(logGroupName=GROUP, logStreamName=stream)
+            logs.put_log_events(
+                logGroupName=GROUP,
+                logStreamName=stream,
+                logEvents=[
+                    {"timestamp": int(time.time() * 1000), "message": json.dumps(JOB_RESULT)}
+                ],
+            )
+        return body
+
+    aws.state.rewrites.append(write)
+    run = ecs_run(aws, net, "--task-definition", "aurora-bootstrap-eu")
+    assert run.code == 0, run
+    assert run.result["task_result"] == JOB_RESULT
+
+
+def test_env_overrides_past_runtasks_limit_exit_2_before_any_call(aws: awsemu.Emulator) -> None:
+    net = setup_ecs(aws)
+    calls = len(aws.state.calls)
+    run = ecs_run(aws, net, "--env", "IAM_USERS=" + "u" * 8200)
+    assert run.code == 2, run
+    assert run.result["error"]["message"].startswith("--env:"), run.result
+    assert "8192" in run.result["error"]["message"]
+    assert len(aws.state.calls) == calls, "no AWS call was made"

@@ -93,8 +93,12 @@ def test_the_stack_lints_and_its_role_grants_exactly_what_runtask_sync_needs() -
 
 
 class Fleet:
-    """Scripts the execution: RUNNING for `running` looks, then `status` with `output`;
-    the history holds each target's end as the state machine writes it."""
+    """Scripts the execution: RUNNING for `running` looks, then `status`; the history
+    holds each target's end as Step Functions writes it (the task's JSON in the
+    TaskSucceeded output or the TaskFailed cause, then the row's Pass state), one more
+    target per look, linked by previousEventId, paged newest first when asked."""
+
+    PAGE = 4  # events per GetExecutionHistory page: small, so that paging happens
 
     def __init__(self, aws: awsemu.Emulator) -> None:
         self.aws = aws
@@ -110,63 +114,115 @@ class Fleet:
         self.ends: list[dict[str, Any]] = []
         self.failed_cause: str | None = None
         self.looks = 0
+        self.events_sent = 0
         aws.state.rewrites.append(self.rewrite)
+
+    def history(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = [{"id": 1, "type": "ExecutionStarted", "timestamp": 0}]
+
+        def add(kind: str, previous: int, **details: Any) -> int:
+            events.append(
+                {"id": len(events) + 1, "type": kind, "timestamp": 0, "previousEventId": previous}
+                | details
+            )
+            return len(events)
+
+        for index, end in enumerate(self.ends[: self.looks]):
+            start = add("MapIterationStarted", 1, mapIterationStartedEventDetails={"index": index})
+            task = json.dumps(end["task"])
+            if end["ok"]:
+                done = add("TaskSucceeded", start, taskSucceededEventDetails={"output": task})
+                row = {
+                    "target": end["name"],
+                    "ok": True,
+                    "flag": "+",
+                    "task_arn": end["task"]["TaskArn"],
+                }
+            else:
+                done = add(
+                    "TaskFailed",
+                    start,
+                    taskFailedEventDetails={"error": "States.TaskFailed", "cause": task},
+                )
+                row = {
+                    "target": end["name"],
+                    "ok": False,
+                    "flag": end["name"],
+                    "error": "States.TaskFailed",
+                }
+            exited = add("TaskStateExited", done, stateExitedEventDetails={"name": "RunTask"})
+            entered = add("PassStateEntered", exited)
+            add(
+                "PassStateExited",
+                entered,
+                stateExitedEventDetails={
+                    "name": "TargetSucceeded" if end["ok"] else "TargetFailed",
+                    "output": json.dumps(row),
+                },
+            )
+        if self.failed_cause is not None and self.looks > self.running:
+            add(
+                "ExecutionFailed",
+                len(events),
+                executionFailedEventDetails={
+                    "error": "TooManyTargetsFailed",
+                    "cause": self.failed_cause,
+                },
+            )
+        return events
 
     def rewrite(self, service: str, operation: str, body: bytes) -> bytes:
         if operation == "DescribeExecution":
             data = json.loads(body)
+            if "status" not in data:
+                return body
             self.looks += 1
             if self.looks > self.running:
                 data["status"] = self.status
-                if self.status == "SUCCEEDED":
-                    data["output"] = json.dumps({"targets": self.ends})
             return json.dumps(data).encode()
         if operation == "GetExecutionHistory":
-            events: list[dict[str, Any]] = [
-                {"id": 1, "type": "ExecutionStarted", "timestamp": 0},
-            ]
-            for i, end in enumerate(self.ends[: self.looks], 2):
-                events.append(
-                    {
-                        "id": i,
-                        "type": "PassStateExited",
-                        "timestamp": 0,
-                        "stateExitedEventDetails": {
-                            "name": "TargetSucceeded" if end["ok"] else "TargetFailed",
-                            "output": json.dumps(end),
-                        },
-                    }
-                )
-            if self.failed_cause is not None and self.looks > self.running:
-                events.append(
-                    {
-                        "id": 100,
-                        "type": "ExecutionFailed",
-                        "timestamp": 0,
-                        "executionFailedEventDetails": {
-                            "error": "TooManyTargetsFailed",
-                            "cause": self.failed_cause,
-                        },
-                    }
-                )
-            return json.dumps({"events": events}).encode()
+            asked = json.loads(self.aws.state.bodies[-1])
+            events = self.history()
+            if asked.get("reverseOrder"):
+                events.reverse()
+            start = int(asked.get("nextToken") or 0)
+            page = events[start : start + self.PAGE]
+            self.events_sent += len(page)
+            answer: dict[str, Any] = {"events": page}
+            if start + self.PAGE < len(events):
+                answer["nextToken"] = str(start + self.PAGE)
+            return json.dumps(answer).encode()
         return body
+
+
+def task(name: str, exit_code: int | None = 0, **fields: Any) -> dict[str, Any]:
+    """A stopped task as the .sync integration gives it (PascalCase); StopCode and
+    StoppedReason only when given, as ECS may omit them."""
+    container: dict[str, Any] = {"Name": CONTAINER}
+    if exit_code is not None:
+        container["ExitCode"] = exit_code
+    return {
+        "TaskArn": f"arn:aws:ecs:us-east-1:123456789012:task/pipeline/{name}",
+        "LastStatus": "STOPPED",
+        "Containers": [container],
+    } | fields
 
 
 def succeeded(name: str) -> dict[str, Any]:
     return {
-        "target": name,
+        "name": name,
         "ok": True,
-        "task_arn": f"arn:aws:ecs:us-east-1:123456789012:task/pipeline/{name}",
-        "stop_code": "EssentialContainerExited",
-        "stopped_reason": "Essential container in task exited",
-        "containers": [{"Name": CONTAINER, "ExitCode": 0}],
+        "task": task(
+            name,
+            StopCode="EssentialContainerExited",
+            StoppedReason="Essential container in task exited",
+        ),
     }
 
 
-def failed(name: str, task: dict[str, Any]) -> dict[str, Any]:
+def failed(name: str, stopped: dict[str, Any]) -> dict[str, Any]:
     """As ecs:runTask.sync fails a task: States.TaskFailed, the task as the cause."""
-    return {"target": name, "ok": False, "error": "States.TaskFailed", "cause": json.dumps(task)}
+    return {"name": name, "ok": False, "task": stopped}
 
 
 @pytest.fixture
@@ -234,7 +290,7 @@ def test_every_target_succeeds(aws: awsemu.Emulator, fleet: Fleet, targets_file:
     ]
     fleet_input = json.loads(start["input"])
     billing = next(t for t in fleet_input["targets"] if t["name"] == "billing-prod")
-    assert billing["environment"] == [{"name": "IAM_USERS", "value": "billing_app"}]
+    assert billing["environment"] == [{"Name": "IAM_USERS", "Value": "billing_app"}]
     assert billing["container"] == CONTAINER and billing["subnets"] == ["subnet-0aaa"]
     assert start["name"].startswith("fleet-")
 
@@ -246,16 +302,16 @@ def test_one_target_failing_neither_stops_nor_hides_the_others(
     machine caught it, billing-prod ran on; the execution failed on the tolerance."""
     orders = failed(
         "orders-prod",
-        {
-            "TaskArn": "arn:aws:ecs:us-east-1:123456789012:task/pipeline/orders",
-            "StopCode": "EssentialContainerExited",
-            "StoppedReason": "Essential container in task exited",
-            "Containers": [{"Name": CONTAINER, "ExitCode": 6}],
-        },
+        task(
+            "orders",
+            6,
+            StopCode="EssentialContainerExited",
+            StoppedReason="Essential container in task exited",
+        ),
     )
     fleet.ends = [orders, succeeded("billing-prod")]
     fleet.status = "FAILED"
-    fleet.failed_cause = json.dumps(fleet.ends)
+    fleet.failed_cause = "more than 0 of 2 targets failed; fleet-run has a row for each"
     run = fleet_run(aws, fleet, targets_file)
     assert run.code == 10, run
     rows = {r["target"]: r for r in run.result["targets"]}
@@ -270,16 +326,16 @@ def test_a_target_that_never_started(
     """Scripted: billing-prod's task failed to start (image pull): no exit code."""
     billing = failed(
         "billing-prod",
-        {
-            "TaskArn": "arn:aws:ecs:us-east-1:123456789012:task/pipeline/billing",
-            "StopCode": "TaskFailedToStart",
-            "StoppedReason": "CannotPullContainerError: pull image manifest has been retried",
-            "Containers": [{"Name": CONTAINER}],
-        },
+        task(
+            "billing",
+            None,
+            StopCode="TaskFailedToStart",
+            StoppedReason="CannotPullContainerError: pull image manifest has been retried",
+        ),
     )
     fleet.ends = [succeeded("orders-prod"), billing]
     fleet.status = "FAILED"
-    fleet.failed_cause = json.dumps(fleet.ends)
+    fleet.failed_cause = "more than 0 of 2 targets failed; fleet-run has a row for each"
     run = fleet_run(aws, fleet, targets_file)
     assert run.code == 10, run
     rows = {r["target"]: r for r in run.result["targets"]}
@@ -390,3 +446,113 @@ def test_the_fleet_buildspec_fails_the_stage_on_fleet_runs_code(tmp_path: Path) 
     """A target failed: fleet-run exits 10, and so must the stage."""
     saved = run_build_commands("buildspec-fleet.yml", "fleet-run", 10, tmp_path)
     assert saved.startswith('{"command": "fleet-run"')
+
+
+# --- what AWS does and moto does not ---------------------------------------------
+
+
+def test_a_start_whose_reply_was_lost_after_the_execution_ended_is_followed(
+    aws: awsemu.Emulator, fleet: Fleet, targets_file: Path
+) -> None:
+    """Scripted: the first StartExecution reply is lost after Step Functions took it,
+    and by the retry that execution has ended (a fast failure): AWS then answers
+    ExecutionAlreadyExists, which moto does not."""
+    fleet.ends = [succeeded("orders-prod"), succeeded("billing-prod")]
+    aws.state.lose_replies["StartExecution"] = 1
+
+    def closed(service: str, operation: str) -> None:
+        if operation == "StartExecution":
+            aws.state.errors[("states", "StartExecution")] = (400, "ExecutionAlreadyExists")
+
+    aws.state.hooks.append(closed)
+    run = fleet_run(aws, fleet, targets_file)
+    assert run.code == 0, run
+    assert [e for e in run.logs if e.get("event") == "fleet_already_started"], run.stderr
+    executions = aws.admin("stepfunctions").list_executions(stateMachineArn=fleet.arn)
+    [only] = executions["executions"]
+    assert run.result["execution_arn"] == only["executionArn"]
+
+
+def test_an_execution_not_visible_yet_is_waited_for(
+    aws: awsemu.Emulator, fleet: Fleet, targets_file: Path
+) -> None:
+    """Scripted: DescribeExecution answers ExecutionDoesNotExist twice right after
+    StartExecution (eventual consistency), which moto never does."""
+    fleet.ends = [succeeded("orders-prod"), succeeded("billing-prod")]
+    aws.state.errors[("states", "DescribeExecution")] = (400, "ExecutionDoesNotExist")
+    aws.state.error_times[("states", "DescribeExecution")] = 2
+    run = fleet_run(aws, fleet, targets_file)
+    assert run.code == 0, run
+    assert any("not visible yet" in str(e.get("reason")) for e in run.logs), run.stderr
+
+
+def test_the_history_is_read_only_as_far_as_what_is_new(
+    aws: awsemu.Emulator, fleet: Fleet, tmp_path: Path
+) -> None:
+    names = [f"cluster-{i:02d}" for i in range(12)]
+    path = tmp_path / "targets.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"name": n, "ecs_cluster": "c", "task_definition": "t", "subnets": ["s"]}
+                for n in names
+            ]
+        )
+    )
+    fleet.ends = [succeeded(n) for n in names]
+    fleet.running = len(names)
+    run = fleet_run(aws, fleet, path)
+    assert run.code == 0, run
+    assert [r["target"] for r in run.result["targets"]] == names
+    total = len(fleet.history())
+    # Each look reads what is new and one page more, never the whole history again.
+    assert fleet.events_sent <= total + Fleet.PAGE * fleet.looks, (fleet.events_sent, total)
+
+
+def test_a_task_without_a_stop_code_gets_its_row(
+    aws: awsemu.Emulator, fleet: Fleet, targets_file: Path
+) -> None:
+    """Scripted: ECS omitted StopCode and StoppedReason (it may)."""
+    fleet.ends = [
+        {"name": "orders-prod", "ok": True, "task": task("orders")},
+        succeeded("billing-prod"),
+    ]
+    run = fleet_run(aws, fleet, targets_file)
+    assert run.code == 0, run
+    orders = run.result["targets"][0]
+    assert (orders["ok"], orders["container_exit_code"], orders["stop_code"]) == (True, 0, None)
+
+
+def _targets(tmp_path: Path, environment: dict[str, str], count: int = 1) -> Path:
+    path = tmp_path / "targets.json"
+    path.write_text(
+        json.dumps(
+            {
+                "defaults": {"ecs_cluster": "c", "subnets": ["s"], "environment": environment},
+                "targets": [{"name": f"t{i}", "task_definition": "d"} for i in range(count)],
+            }
+        )
+    )
+    return path
+
+
+def test_overrides_past_runtasks_limit_exit_2_naming_the_target(
+    aws: awsemu.Emulator, fleet: Fleet, tmp_path: Path
+) -> None:
+    path = _targets(tmp_path, {"IAM_USERS": "u" * 8200})
+    run = fleet_run(aws, fleet, path)
+    assert run.code == 2, run
+    assert "target 1 't0'" in run.result["error"]["message"]
+    assert "8192" in run.result["error"]["message"]
+    assert not [op for _s, op in aws.state.calls if op == "StartExecution"]
+
+
+def test_an_execution_input_past_256_kib_exits_2_saying_how_large(
+    aws: awsemu.Emulator, fleet: Fleet, tmp_path: Path
+) -> None:
+    path = _targets(tmp_path, {"IAM_USERS": "u" * 7000}, count=40)
+    run = fleet_run(aws, fleet, path)
+    assert run.code == 2, run
+    message = run.result["error"]["message"]
+    assert "FLEET_TARGETS" in message and "bytes" in message and "262144" in message
+    assert not [op for _s, op in aws.state.calls if op == "StartExecution"]
