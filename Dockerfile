@@ -12,11 +12,16 @@ LABEL aurora-bootstrap.stage=build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements.lock /tmp/requirements.lock
 COPY wheels/ /tmp/wheels/
+# What the job never runs goes (botocore's data for services it makes no client for,
+# setuptools): the list of services is app/services.py, which the build reads.
+COPY docker/trim-image.py /tmp/trim-image.py
 RUN python3 -m venv /opt/aurora-bootstrap \
  && /opt/aurora-bootstrap/bin/pip install --no-index --find-links /tmp/wheels \
         --require-hashes -r /tmp/requirements.lock \
  && /opt/aurora-bootstrap/bin/pip install --no-index --no-deps /tmp/wheels/aurora_bootstrap-*.whl \
  && /opt/aurora-bootstrap/bin/pip uninstall --yes pip \
+ && /opt/aurora-bootstrap/bin/python /tmp/trim-image.py \
+ && find /opt/aurora-bootstrap/lib -name __pycache__ -prune -exec rm -rf {} + \
  && /opt/aurora-bootstrap/bin/python -m compileall -q -j 0 /opt/aurora-bootstrap/lib
 
 FROM ${BASE_IMAGE}

@@ -53,3 +53,4 @@ fi
 
 make image BASE_IMAGE="$BASE_IMAGE" IMAGE=aurora-bootstrap:local
 export AURORA_BOOTSTRAP_IMAGE=aurora-bootstrap:local
+export AURORA_BOOTSTRAP_BASE_IMAGE="$BASE_IMAGE"

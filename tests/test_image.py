@@ -125,6 +125,46 @@ def shipped_bundle(image: str) -> str:
     return done.stdout
 
 
+# What the image may weigh above its base (it was 63 MB before its trim: pulled
+# uncached on every Fargate start).
+MAX_ABOVE_BASE = 40 * 1000 * 1000
+_CLIENTS = """
+import importlib.util, os, sys, boto3, botocore
+from app.services import SERVICES
+data = os.path.join(os.path.dirname(botocore.__file__), "data")
+kept = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
+session = boto3.Session(region_name="us-east-1", aws_access_key_id="AKIDIMAGE",
+                        aws_secret_access_key="image-test-secret")
+for name in SERVICES:
+    session.client(name)
+rds = session.client("rds")
+rds.get_waiter("db_cluster_available")
+rds.get_paginator("describe_db_clusters")
+session.client("logs").get_paginator("filter_log_events")
+session.client("stepfunctions").get_paginator("get_execution_history")
+token = rds.generate_db_auth_token("db.example", 5432, "app_user")
+gone = [m for m in ("setuptools", "pkg_resources", "_distutils_hack")
+        if importlib.util.find_spec(m) is not None]
+print(",".join(kept), ",".join(SERVICES), "Action=connect" in token, gone == [])
+"""
+
+
+def test_image_keeps_only_what_the_job_runs_and_every_client_it_makes_resolves() -> None:
+    image = _need_engine()
+    base = os.environ.get("AURORA_BOOTSTRAP_BASE_IMAGE")
+    probe = docker("run", "--rm", "--network=none", "--entrypoint", "python", image, "-c", _CLIENTS)
+    assert probe.returncode == 0, probe.stderr
+    kept, services, signed, clean = probe.stdout.split()
+    assert kept == services, "botocore's data is kept for exactly the services the job uses"
+    assert signed == "True" and clean == "True"
+    if base:
+        sizes = [
+            int(docker("image", "inspect", name, "--format", "{{.Size}}").stdout)
+            for name in (image, base)
+        ]
+        assert sizes[0] - sizes[1] <= MAX_ABOVE_BASE, f"{(sizes[0] - sizes[1]) / 1e6:.1f} MB"
+
+
 def test_image_ships_the_tracked_rds_bundle() -> None:
     image = _need_engine()
     assert shipped_bundle(image) == (ROOT / "ca" / "rds-global-bundle.pem").read_text()
@@ -245,11 +285,19 @@ def test_image_takes_its_bundle_from_any_pem_under_certs(
     assert pg15.tls is not None
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("Dockerfile", ".dockerignore", "requirements.lock", "wheels", "ca"):
+    for name in (
+        "Dockerfile",
+        ".dockerignore",
+        "requirements.lock",
+        "wheels",
+        "ca",
+        "docker/trim-image.py",
+    ):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, context / name)
         else:
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, context / name)
     (context / "certs").mkdir()
     shutil.copy2(pg15.tls.ca_pem, context / "certs" / "my-bundle.pem")

@@ -132,3 +132,23 @@ def test_sql_standard_bodies_split_as_psql_splits_them() -> None:
 )
 def test_statements_that_stay_inside_the_transaction_are_accepted(text: str) -> None:
     assert script.parse(Path("init.sql"), text).statements
+
+
+def test_the_services_the_image_keeps_are_the_ones_the_code_makes_clients_for() -> None:
+    """Derived from the code: every `.client("...")` in app/, against app.services."""
+    import ast  # noqa: PLC0415
+
+    from app.services import SERVICES  # noqa: PLC0415
+
+    made = set()
+    for path in Path(__file__).resolve().parent.parent.joinpath("app").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "client"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                made.add(node.args[0].value)
+    assert made == set(SERVICES)
