@@ -63,9 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aurora-bootstrap",
         usage="aurora-bootstrap [-h] [--version] [COMMAND] [ARGS ...]",
-        description="Provision IAM database users on Aurora PostgreSQL. Settings come "
-        "from the environment. No COMMAND means apply.",
-        epilog=f"Settings, exit codes and output are documented in {docs()}",
+        description="Provision IAM database users on Aurora PostgreSQL.\n"
+        "Settings come from the environment. No COMMAND means apply.",
+        # The path on a line of its own, never wrapped: it is there to be copied.
+        epilog=f"Settings, exit codes and output are documented in\n  {docs()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aurora-bootstrap {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -141,6 +141,16 @@ def test_help_shows_the_optional_command_every_variable_and_where_the_docs_are()
     assert top.stdout.startswith("usage: aurora-bootstrap [-h] [--version] [COMMAND]")
     docs = top.stdout.split("documented in", 1)[1].split()[0]
     assert Path(docs).is_file() and "## Exit codes" in Path(docs).read_text()
+    # Whole on one line, so that it can be copied, however long the install path.
+    assert any(line.strip() == docs for line in top.stdout.splitlines()), top.stdout
+    wide = subprocess.run(
+        [str(CLI), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "40"},
+    )
+    assert any(line.strip() == docs for line in wide.stdout.splitlines()), wide.stdout
     ecs = subprocess.run(
         [str(CLI), "ecs-run", "--help"], capture_output=True, text=True, check=True
     )
