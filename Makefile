@@ -15,7 +15,7 @@ PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
 ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
-.PHONY: help install venv-newest system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench
+.PHONY: help install venv-newest image-current system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -94,17 +94,31 @@ ca-check: install ## check the tracked RDS CA bundle: current roots for every re
 	@$(BIN)/python -m tools.ca_bundle check >/dev/null
 
 image: wheels ca-check ## build the image (BASE_IMAGE=..., IMAGE=..., PLATFORM=linux/arm64)
-	docker build --network=none --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-		-t $(IMAGE) . >&2
+	@docker build --network=none --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		-t $(IMAGE) . >&2 || { echo "make: the image did not build. Where $(BASE_IMAGE) cannot be" \
+		"pulled (no registry), build on a local base: make image BASE_IMAGE=local/bookworm-python:12," \
+		"after making it as docker/ci-engine.sh does (debootstrap, then docker import; README," \
+		"'Build the image')" >&2; exit 1; }
 	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes' >&2
+	@touch $(IMAGE_STAMP)
+
+# The image is rebuilt for compose only when what goes into it changed (or it is gone).
+IMAGE_STAMP := .image-$(subst /,_,$(subst :,_,$(IMAGE)))
+IMAGE_INPUTS := Dockerfile .dockerignore requirements.lock pyproject.toml README.md \
+	sql/init.sql ca/rds-global-bundle.pem docker/trim-image.py $(wildcard app/*.py)
+image-current:
+	@if ! docker image inspect $(IMAGE) >/dev/null 2>&1 || [ ! -f $(IMAGE_STAMP) ] || \
+		[ -n "$$(find $(IMAGE_INPUTS) -newer $(IMAGE_STAMP) 2>/dev/null)" ]; then \
+		$(MAKE) --no-print-directory image; \
+	else echo "make: $(IMAGE) is current" >&2; fi
 
 image-prune: ## remove what image builds leave behind (the labelled build stage, ~200 MB)
 	docker image prune --force --filter label=aurora-bootstrap.stage=build
 
-compose-up: image ## start the local stack's database (PostgreSQL 17 with Aurora's roles)
+compose-up: image-current ## start the local stack's database (PostgreSQL 17 with Aurora's roles)
 	$(COMPOSE) up -d --wait db
 
-compose-run: image ## run the job in the local stack (CMD=plan, ...)
+compose-run: image-current ## run the job in the local stack (CMD=plan, ...)
 	@$(COMPOSE) run --rm bootstrap $(CMD)
 
 BENCH_SIZES ?= 10,1000
