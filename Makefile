@@ -35,7 +35,7 @@ install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app 
 # package installed from the lock into .venv-newest, for the tests that must pass on it.
 NEWEST_PYTHON ?= $(shell ls -d "$$(pyenv root 2>/dev/null)"/versions/3.* 2>/dev/null | sort -V | tail -n 1)/bin/python
 NEWEST := .venv-newest
-$(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap
+$(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap $(wildcard app/*.py) sql/init.sql README.md
 	@echo "make: building $(NEWEST) with $(NEWEST_PYTHON)" >&2
 	@test -x "$(NEWEST_PYTHON)" || { echo "make: no newer Python found (NEWEST_PYTHON=...): its tests are skipped" >&2; exit 0; }
 	@rm -rf $(NEWEST) && "$(NEWEST_PYTHON)" -m venv $(NEWEST) >&2
