@@ -423,7 +423,11 @@ def _token_login(settings: Settings, aws: Aws, cluster: Cluster | None) -> Maste
 
 
 def auth_token(settings: Settings, deadline: Deadline, user: str) -> str:
-    """An IAM auth token for `user`, as `aws rds generate-db-auth-token` makes it."""
+    """An IAM auth token for `user`, as `aws rds generate-db-auth-token` makes it: for
+    IAM_AUTH_ENDPOINT where the local stand-in is configured, else the database's."""
+    if settings.iam_auth_endpoint:
+        stand_in, _, port_text = settings.iam_auth_endpoint.rpartition(":")
+        return Aws(deadline).auth_token(stand_in, int(port_text), user)
     port, cluster_id = settings.db_port, settings.db_cluster_id
     if settings.db_host is None and not cluster_id:
         raise ConfigError("DB_HOST", "not set: set DB_HOST or DB_CLUSTER_ID")

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         300.0, alias="DEADLINE_SECONDS", gt=0, le=86400, allow_inf_nan=False
     )
     connect_timeout: int = Field(10, alias="CONNECT_TIMEOUT", ge=1, le=3600)
+    # The host:port the local stand-in checks tokens against (iam-auth-server); where
+    # set, `token` signs for it, as clients outside the stack reach the database there.
+    iam_auth_endpoint: str | None = Field(
+        None, alias="IAM_AUTH_ENDPOINT", pattern=r"^[A-Za-z0-9._\-]+:\d{1,5}$"
+    )
     db_iam_auth: bool = Field(False, alias="DB_IAM_AUTH")
     enable_iam_auth: bool = Field(False, alias="ENABLE_IAM_AUTH")
     log_format: Literal["json", "text"] | None = Field(None, alias="LOG_FORMAT")
