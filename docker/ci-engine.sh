@@ -51,6 +51,24 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     rm -rf "$rootfs"
 fi
 
+# The db stand-in for the compose stack (the official postgres image cannot be pulled):
+# Debian's PostgreSQL 15 on its own debootstrap base, and the entrypoint of
+# docker/db-standin.
+DB_BASE_IMAGE=local/bookworm-postgres:15
+if ! docker image inspect "$DB_BASE_IMAGE" >/dev/null 2>&1; then
+    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase --include=postgresql-15,postgresql-client-15 bookworm \
+        "$rootfs" "$mirror" >"$ENGINE_ROOT/debootstrap-postgres.log" 2>&1
+    rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/* \
+        "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/lib/postgresql/15
+    tar --numeric-owner -C "$rootfs" -c . | docker import - "$DB_BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+fi
+docker build --network=none --build-arg BASE_IMAGE="$DB_BASE_IMAGE" \
+    -t local/postgres-standin:15 docker/db-standin >/dev/null
+export AURORA_BOOTSTRAP_DB_STANDIN=local/postgres-standin:15
+
 make image BASE_IMAGE="$BASE_IMAGE" IMAGE=aurora-bootstrap:local
 export AURORA_BOOTSTRAP_IMAGE=aurora-bootstrap:local
 export AURORA_BOOTSTRAP_BASE_IMAGE="$BASE_IMAGE"

