@@ -42,6 +42,10 @@ $(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-b
 	@$(NEWEST)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock >&2
 	@rm -rf $(NEWEST)-wheel && $(BIN)/pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w $(NEWEST)-wheel . >&2
 	@$(NEWEST)/bin/pip install -q --disable-pip-version-check --no-deps $(NEWEST)-wheel/*.whl >&2 && rm -rf $(NEWEST)-wheel
+	@# pytest alone from the dev lock, for the unit tests there
+	@$(BIN)/python -m tools.lock_subset requirements-dev.lock pytest iniconfig pluggy packaging pygments \
+		> $(NEWEST)/pytest.lock
+	@$(NEWEST)/bin/pip install -q --disable-pip-version-check --require-hashes -r $(NEWEST)/pytest.lock >&2
 	@touch $@
 
 venv-newest: $(NEWEST)/bin/aurora-bootstrap ## the package on the newest Python pyenv has, in .venv-newest

@@ -1,7 +1,7 @@
 """The package on the newest Python pyenv has (`make venv-newest`: the lock installed
-into .venv-newest), which `requires-python` admits: the job applies, plans and
-verifies against a real server there. (iam-auth-server's start and stop there are in
-test_standin.py.)"""
+into .venv-newest, with pytest from the dev lock), which `requires-python` admits:
+the unit tests pass there, and the job applies, plans and verifies against a real
+server. (iam-auth-server's start and stop there are in test_standin.py.)"""
 
 from __future__ import annotations
 
@@ -53,3 +53,26 @@ def test_apply_plan_and_verify_run_on_the_newest_python(pg18: localpg.LocalPostg
     assert results["plan"]["changes"] == []
     assert results["verify"].get("findings", []) == []
     assert members_of(catalog(pg18), "alice") == {"rds_iam", "app_readonly"}
+
+
+def test_the_unit_tests_pass_on_the_newest_python() -> None:
+    _newest()
+    done = subprocess.run(
+        [
+            str(NEWEST / "python"),
+            "-m",
+            "pytest",
+            "tests/test_units.py",
+            "-q",
+            "--noconftest",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout
