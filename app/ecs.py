@@ -100,13 +100,8 @@ def parse_env_overrides(pairs: list[str]) -> list[dict[str, str]]:
         if not sep or not name:
             raise ConfigError("--env", f"{pair.split('=')[0]!r} is not KEY=VALUE")
         environment.append({"name": name, "value": value})
-    size = overrides_size("", environment)
-    if size > MAX_OVERRIDES_CHARACTERS:
-        raise ConfigError(
-            "--env",
-            f"the overrides would be {size} characters; RunTask takes at most "
-            f"{MAX_OVERRIDES_CHARACTERS}: put long values in the task definition",
-        )
+    # Before any call: the container's name, known later, only adds to this.
+    check_overrides("", environment)
     return environment
 
 
@@ -118,6 +113,17 @@ def overrides_size(container: str, environment: list[dict[str, str]]) -> int:
     """The size of RunTask's `overrides` (its JSON text) for one container."""
     overrides = {"containerOverrides": [{"name": container, "environment": environment}]}
     return len(json.dumps(overrides, separators=(",", ":")))
+
+
+def check_overrides(container: str, environment: list[dict[str, str]]) -> None:
+    """--env overrides within RunTask's limit, or a ConfigError naming --env."""
+    size = overrides_size(container, environment)
+    if size > MAX_OVERRIDES_CHARACTERS:
+        raise ConfigError(
+            "--env",
+            f"the overrides would be {size} characters; RunTask takes at most "
+            f"{MAX_OVERRIDES_CHARACTERS}: put long values in the task definition",
+        )
 
 
 @dataclass
@@ -278,13 +284,7 @@ def _request(
             }
         }
     if env:
-        size = overrides_size(container, env)
-        if size > MAX_OVERRIDES_CHARACTERS:
-            raise ConfigError(
-                "--env",
-                f"the overrides would be {size} characters; RunTask takes at most "
-                f"{MAX_OVERRIDES_CHARACTERS}: put long values in the task definition",
-            )
+        check_overrides(container, env)
         request["overrides"] = {"containerOverrides": [{"name": container, "environment": env}]}
     return request
 
