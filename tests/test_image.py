@@ -202,12 +202,14 @@ def test_image_runs_as_non_root_with_its_ca_bundle_and_init_sql() -> None:
     assert config["Cmd"] == ["apply"]
 
 
-def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _compose(
+    *args: str, env: dict[str, str], override: str = "docker/compose.ci.yml"
+) -> subprocess.CompletedProcess[str]:
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.fail("docker-compose missing") if IN_CI else pytest.skip("no docker-compose")
     done = subprocess.run(
-        [str(compose), "-f", "docker-compose.yml", "-f", "docker/compose.ci.yml", *args],
+        [str(compose), "-f", "docker-compose.yml", "-f", override, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -420,20 +422,8 @@ def test_compose_signs_a_token_its_iam_auth_service_accepts(pg15: localpg.LocalP
 
 
 def _stack(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    compose = shutil.which("docker-compose")
-    if compose is None:
-        pytest.fail("docker-compose missing") if IN_CI else pytest.skip("no docker-compose")
-    done = subprocess.run(
-        [str(compose), "-f", "docker-compose.yml", "-f", "docker/compose.standin.yml", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        env={**os.environ, **env},
-    )
-    OUTPUTS.extend((done.stdout, done.stderr))
-    return done
+    """The compose file as it is, with the db stand-in in the official image's place."""
+    return _compose(*args, env=env, override="docker/compose.standin.yml")
 
 
 def test_the_readmes_docker_path_logs_in_with_a_token_using_docker_and_psql_alone() -> None:
