@@ -33,7 +33,7 @@ install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app 
 
 # The newest Python that pyenv has (requires-python admits every 3.x from 3.11): the
 # package installed from the lock into .venv-newest, for the tests that must pass on it.
-NEWEST_PYTHON ?= $(shell ls -d "$$(pyenv root 2>/dev/null)"/versions/3.* 2>/dev/null | sort -V | tail -n 1)/bin/python
+NEWEST_PYTHON ?= $(shell ls -d "$$(pyenv root 2>/dev/null || echo "$${PYENV_ROOT:-$$HOME/.pyenv}")"/versions/3.* 2>/dev/null | sort -V | tail -n 1)/bin/python
 NEWEST := .venv-newest
 $(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap $(wildcard app/*.py) sql/init.sql README.md
 	@echo "make: building $(NEWEST) with $(NEWEST_PYTHON)" >&2
