@@ -53,6 +53,11 @@ MANAGED_USER = (
     " (SELECT m.oid FROM pg_roles m WHERE m.rolname = current_setting('bootstrap.master_user'))"
     "))), false))"
 )
+# SQL: role `p` is not one of the users listed in bootstrap.iam_users.
+UNLISTED = (
+    "p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset("
+    "current_setting('bootstrap.iam_users')::jsonb) AS u(name text))"
+)
 # Managed users no longer listed that are still members of rds_iam, with the grantor
 # of each membership: after PRUNE, the grants the master could not revoke.
 _STILL_IN_RDS_IAM = f"""
@@ -61,8 +66,7 @@ FROM pg_roles p
 JOIN pg_auth_members a ON a.member = p.oid AND a.roleid = 'rds_iam'::regrole
 JOIN pg_roles gr ON gr.oid = a.grantor
 WHERE {MANAGED_USER}
-  AND p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset(
-        current_setting('bootstrap.iam_users')::jsonb) AS u(name text))
+  AND {UNLISTED}
 ORDER BY 1, 2
 """
 
@@ -78,8 +82,7 @@ SELECT p.rolname,
               current_setting('bootstrap.master_user'))
 FROM pg_roles p
 WHERE {MANAGED_USER} AND p.rolcanlogin
-  AND p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset(
-        current_setting('bootstrap.iam_users')::jsonb) AS u(name text))
+  AND {UNLISTED}
   AND p.rolname NOT IN (current_setting('bootstrap.master_user'), session_user, current_user)
 ORDER BY 1
 """
@@ -147,83 +150,67 @@ _MEMBERSHIP_OPTIONS_16 = " || ':' || a.inherit_option::int || ':' || a.set_optio
 # privileges, whose default is none). An object with no row has its owner's implicit
 # privileges (acldefault), which is what the diff compares a missing row with: the
 # first GRANT on a table writes its owner's privileges out, and changes none of them.
-_SYSTEM_SCHEMA = "(n.nspname ~ '^pg_' OR n.nspname = 'information_schema')"
+# Objects in these schemas are PostgreSQL's own: {0} is the pg_namespace row.
+_USER_SCHEMA = "NOT ({0}.nspname ~ '^pg_' OR {0}.nspname = 'information_schema')"
+# The fixed oids of the system catalogs (pg_class.oid of each): constants in every
+# PostgreSQL version, spelt as numbers so that the snapshot parses no regclass.
 _ACL_SOURCES = (
-    # (catalog, kind, owner, acl, join and condition)
-    ("pg_database", "'d'", "x.datdba", "x.datacl", ""),
-    ("pg_tablespace", "'t'", "x.spcowner", "x.spcacl", ""),
-    (
-        "pg_namespace",
-        "'n'",
-        "x.nspowner",
-        "x.nspacl",
-        "WHERE NOT (x.nspname ~ '^pg_' OR x.nspname = 'information_schema') AND",
-    ),
+    # (catalog, its oid, kind, owner, acl, join, condition)
+    ("pg_database", 1262, "'d'", "x.datdba", "x.datacl", "", ""),
+    ("pg_tablespace", 1213, "'t'", "x.spcowner", "x.spcacl", "", ""),
+    ("pg_namespace", 2615, "'n'", "x.nspowner", "x.nspacl", "", _USER_SCHEMA.format("x")),
     (
         "pg_class",
+        1259,
         "CASE x.relkind WHEN 'S' THEN 's' ELSE 'r' END",
         "x.relowner",
         "x.relacl",
-        "JOIN pg_namespace n ON n.oid = x.relnamespace"
-        f" WHERE x.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND NOT {_SYSTEM_SCHEMA} AND",
+        "JOIN pg_namespace n ON n.oid = x.relnamespace",
+        "x.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND " + _USER_SCHEMA.format("n"),
     ),
     (
         "pg_proc",
+        1255,
         "'f'",
         "x.proowner",
         "x.proacl",
-        f"JOIN pg_namespace n ON n.oid = x.pronamespace WHERE NOT {_SYSTEM_SCHEMA} AND",
+        "JOIN pg_namespace n ON n.oid = x.pronamespace",
+        _USER_SCHEMA.format("n"),
     ),
     (
         "pg_type",
+        1247,
         "'T'",
         "x.typowner",
         "x.typacl",
-        f"JOIN pg_namespace n ON n.oid = x.typnamespace WHERE NOT {_SYSTEM_SCHEMA} AND",
+        "JOIN pg_namespace n ON n.oid = x.typnamespace",
+        _USER_SCHEMA.format("n"),
     ),
-    ("pg_language", "'l'", "x.lanowner", "x.lanacl", ""),
-    ("pg_foreign_data_wrapper", "'F'", "x.fdwowner", "x.fdwacl", ""),
-    ("pg_foreign_server", "'S'", "x.srvowner", "x.srvacl", ""),
+    ("pg_language", 2612, "'l'", "x.lanowner", "x.lanacl", "", ""),
+    ("pg_foreign_data_wrapper", 2328, "'F'", "x.fdwowner", "x.fdwacl", "", ""),
+    ("pg_foreign_server", 1417, "'S'", "x.srvowner", "x.srvacl", "", ""),
     (
         "pg_default_acl",
+        826,
         "CASE WHEN x.defaclnamespace <> 0 THEN 'E' WHEN x.defaclobjtype = 'S' THEN 's'"
         " ELSE x.defaclobjtype::text END",
         "x.defaclrole",
         "x.defaclacl",
+        "",
         "",
     ),
 )
 
 
 def _acl_rows() -> str:
-    selects = []
-    for table, kind, owner, acl, where in _ACL_SOURCES:
-        condition = where if where.rstrip().endswith("AND") else (where + " WHERE").strip()
-        selects.append(
-            f"SELECT 'a:' || {_class_oid(table)} || ':' || x.oid || ':' || {kind} || ':' ||"
-            f" {owner} || ':' || {acl}::text FROM {table} x {condition} {acl} IS NOT NULL"
-        )
-    return "\nUNION ALL\n".join(selects)
+    return "\nUNION ALL\n".join(
+        f"SELECT 'a:' || {oid} || ':' || x.oid || ':' || {kind} || ':' || {owner} || ':' ||"
+        f" {acl}::text FROM {table} x {join}"
+        f" WHERE {condition + ' AND ' if condition else ''}{acl} IS NOT NULL"
+        for table, oid, kind, owner, acl, join, condition in _ACL_SOURCES
+    )
 
 
-def _class_oid(table: str) -> int:
-    # The fixed oids of the system catalogs (pg_class.oid of each): constants in every
-    # PostgreSQL version, spelt as numbers so that the snapshot parses no regclass.
-    return _CATALOG_OIDS[table]
-
-
-_CATALOG_OIDS = {
-    "pg_database": 1262,
-    "pg_tablespace": 1213,
-    "pg_namespace": 2615,
-    "pg_class": 1259,
-    "pg_proc": 1255,
-    "pg_type": 1247,
-    "pg_language": 2612,
-    "pg_foreign_data_wrapper": 2328,
-    "pg_foreign_server": 1417,
-    "pg_default_acl": 826,
-}
 # Object types whose privileges are the cluster's, not one database's.
 _SHARED = (1262, 1213)
 # The privilege letters of an ACL item, as PostgreSQL prints them.
