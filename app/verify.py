@@ -46,8 +46,7 @@ SELECT p.rolname, p.rolcanlogin,
                WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole)
 FROM pg_roles p
 WHERE {catalog.MANAGED_USER}
-  AND p.rolname NOT IN (SELECT u.name FROM jsonb_to_recordset(
-        current_setting('bootstrap.iam_users')::jsonb) AS u(name text))
+  AND {catalog.UNLISTED}
   AND (p.rolcanlogin OR EXISTS (SELECT FROM pg_auth_members a
                                 WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole))
 ORDER BY 1
