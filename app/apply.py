@@ -174,20 +174,18 @@ def _run_script(
                 raise
             raise _script_error(script, statement, exc) from None
         _still_inside(conn, script, statement)
-    end = Statement(text="SET CONSTRAINTS ALL IMMEDIATE", line=script.last_line, body_line=None)
     deadline.activity = f"checking deferred constraints at the end of {script.path}"
     try:
         # Deferred constraints are checked now, under plan as under apply, and fail
         # here as the script's error rather than as COMMIT's.
-        cur.execute(end.text)
+        cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
     except psycopg.Error as exc:
         if connect.is_transient(exc):
             raise
-        error = _script_error(script, end, exc)
         raise InitSqlError(
             f"a deferred constraint failed at the end of init.sql: {_message(exc)}",
-            file=error.file,
-            line=error.line,
+            file=str(script.path),
+            line=script.last_line,
             sqlstate=exc.sqlstate,
         ) from None
 
