@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app import users
+from app import groups, users
 from app.errors import ConfigError
 
 DEFAULT_SSLROOTCERT = Path("/etc/aurora-bootstrap/rds-global-bundle.pem")
@@ -21,7 +22,9 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 # Settings whose values are never echoed back, even in an error message.
 SECRET_SETTINGS = frozenset({"DB_PASSWORD"})
 # Settings for which an empty value means "none", as the contract's default says.
-EMPTY_MEANS_NONE = frozenset({"IAM_USERS"})
+# (An empty GROUP_ROLES is the shipped default document, as compose and CloudFormation
+# pass an unset parameter.)
+EMPTY_MEANS_NONE = frozenset({"IAM_USERS", "GROUP_ROLES", "GROUP_ROLES_FILE"})
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:\-\[\]]{1,253}$")
 _CLUSTER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
@@ -33,6 +36,12 @@ def default_init_sql() -> Path:
     here = Path(__file__).resolve().parent
     packaged = here / "sql" / "init.sql"
     return packaged if packaged.exists() else here.parent / "sql" / "init.sql"
+
+
+def privileges_sql() -> Path:
+    """sql/privileges.sql, which init.sql's roles get their privileges from in each
+    database: always the installed app's (INIT_SQL replaces init.sql alone)."""
+    return default_init_sql().with_name("privileges.sql")
 
 
 class Settings(BaseSettings):
@@ -50,6 +59,8 @@ class Settings(BaseSettings):
     db_sslmode: SslMode = Field("verify-full", alias="DB_SSLMODE")
     db_sslrootcert: Path = Field(DEFAULT_SSLROOTCERT, alias="DB_SSLROOTCERT")
     iam_users: Annotated[tuple[users.IamUser, ...], NoDecode] = Field((), alias="IAM_USERS")
+    group_roles_text: str | None = Field(None, alias="GROUP_ROLES", repr=False)
+    group_roles_file: Path | None = Field(None, alias="GROUP_ROLES_FILE")
     init_sql: Path = Field(default_factory=default_init_sql, alias="INIT_SQL")
     prune: bool = Field(False, alias="PRUNE")
     deadline_seconds: float = Field(
@@ -125,10 +136,16 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("group_roles_text", "group_roles_file", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.db_user is not None:
             users.check_master(self.iam_users, self.db_user)
+        self.group_roles.check(self.iam_users, self.db_user)
         if self.db_iam_auth:
             given = [
                 name
@@ -147,6 +164,20 @@ class Settings(BaseSettings):
         if self.enable_iam_auth and not self.db_cluster_id:
             raise ConfigError("ENABLE_IAM_AUTH", "needs DB_CLUSTER_ID: the cluster to modify")
         return self
+
+    @functools.cached_property
+    def group_roles(self) -> groups.GroupRoles:
+        """The GROUP_ROLES document, from the variable or the file; the shipped
+        default when neither is set."""
+        if self.group_roles_text is not None and self.group_roles_file is not None:
+            raise ConfigError(
+                groups.SETTING, f"is set and so is {groups.FILE_SETTING}; set one of them"
+            )
+        if self.group_roles_file is not None:
+            return groups.load_file(self.group_roles_file)
+        if self.group_roles_text is not None:
+            return groups.parse(self.group_roles_text)
+        return groups.DEFAULT
 
     @property
     def log_format_resolved(self) -> Literal["json", "text"]:
