@@ -146,7 +146,8 @@ _MEMBERSHIPS = (
 )
 _MEMBERSHIP_OPTIONS_16 = " || ':' || a.inherit_option::int || ':' || a.set_option::int"
 # Privileges, one row per object whose ACL is not the default: a:CLASS:OID:KIND:OWNER:ACL,
-# KIND being the object type acldefault() takes ('E' for a schema's default
+# KIND being the object type acldefault() takes ('E', its object type and the
+# schema's oid for a schema's default
 # privileges, whose default is none). An object with no row has its owner's implicit
 # privileges (acldefault), which is what the diff compares a missing row with: the
 # first GRANT on a table writes its owner's privileges out, and changes none of them.
@@ -192,7 +193,9 @@ _ACL_SOURCES = (
     (
         "pg_default_acl",
         826,
-        "CASE WHEN x.defaclnamespace <> 0 THEN 'E' WHEN x.defaclobjtype = 'S' THEN 's'"
+        "CASE WHEN x.defaclnamespace <> 0"
+        " THEN 'E' || x.defaclobjtype::text || x.defaclnamespace::text"
+        " WHEN x.defaclobjtype = 'S' THEN 's'"
         " ELSE x.defaclobjtype::text END",
         "x.defaclrole",
         "x.defaclacl",
@@ -308,17 +311,28 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
      objects AS (
          SELECT o.classid, o.objid, b.items AS before, a.items AS after,
                 coalesce(a.kind, b.kind) AS kind, coalesce(a.owner, b.owner) AS owner,
-                pg_identify_object(o.classid, o.objid, 0) AS id
+                -- A schema's default privileges all revoked leave no row to name: named
+                -- from the snapshot's, as pg_identify_object names one.
+                coalesce(i.type, CASE WHEN b.kind LIKE 'E%' THEN 'default acl' END) AS id_type,
+                coalesce(i.identity, CASE WHEN b.kind LIKE 'E%' THEN
+                    format('for role %s in schema %s on %s',
+                           quote_ident(pg_get_userbyid(b.owner)),
+                           (SELECT quote_ident(n.nspname) FROM pg_namespace n
+                            WHERE n.oid = substr(b.kind, 3)::oid),
+                           CASE substr(b.kind, 2, 1) WHEN 'r' THEN 'tables'
+                                WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
+                                WHEN 'T' THEN 'types' ELSE 'schemas' END) END) AS identity
          FROM (SELECT DISTINCT classid, objid FROM acl) AS o
          LEFT JOIN acl b ON b.side = 'b' AND (b.classid, b.objid) = (o.classid, o.objid)
-         LEFT JOIN acl a ON a.side = 'a' AND (a.classid, a.objid) = (o.classid, o.objid)),
+         LEFT JOIN acl a ON a.side = 'a' AND (a.classid, a.objid) = (o.classid, o.objid)
+         CROSS JOIN LATERAL pg_identify_object(o.classid, o.objid, 0) AS i),
      items AS (
          SELECT o.classid, o.objid, s.side, i.item
          FROM objects o
          CROSS JOIN LATERAL (VALUES ('b', o.before), ('a', o.after)) AS s(side, items)
-         CROSS JOIN LATERAL unnest(coalesce(s.items, CASE WHEN o.kind = 'E' THEN '{{}}'
+         CROSS JOIN LATERAL unnest(coalesce(s.items, CASE WHEN o.kind LIKE 'E%' THEN '{{}}'
                  ELSE acldefault(o.kind::"char", o.owner)::text END)::text[]) AS i(item)
-         WHERE (o.id).identity IS NOT NULL),  -- not dropped in this run
+         WHERE o.identity IS NOT NULL),  -- not dropped in this run
      changed AS (
          (SELECT classid, objid, 'a' AS side, item FROM items WHERE side = 'a'
           EXCEPT SELECT classid, objid, 'a', item FROM items WHERE side = 'b')
@@ -400,15 +414,15 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
          UNION ALL
 {options}
          UNION ALL
-         SELECT 7, (o.id).type || ' ' || (o.id).identity, p.grantee,
+         SELECT 7, o.id_type || ' ' || o.identity, p.grantee,
                 p.grantor || CASE WHEN p.granted THEN '+' ELSE '-' END, p.grantable::int,
                 jsonb_strip_nulls(jsonb_build_object(
                     'action', CASE WHEN p.granted THEN 'grant_privilege'
                                    ELSE 'revoke_privilege' END,
-                    'database', CASE WHEN o.classid = {_SHARED[0]} THEN (o.id).identity
+                    'database', CASE WHEN o.classid = {_SHARED[0]} THEN o.identity
                                      WHEN o.classid = {_SHARED[1]} THEN NULL
                                      ELSE current_database() END,
-                    'object', (o.id).type || ' ' || (o.id).identity,
+                    'object', o.id_type || ' ' || o.identity,
                     'role', coalesce(nullif(p.grantee, ''), 'PUBLIC'),
                     'privileges', p.names, 'grantor', p.grantor,
                     'grant_option', CASE WHEN p.grantable THEN true END))
