@@ -35,7 +35,7 @@ install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app 
 # package installed from the lock into .venv-newest, for the tests that must pass on it.
 NEWEST_PYTHON ?= $(shell ls -d "$$(pyenv root 2>/dev/null || echo "$${PYENV_ROOT:-$$HOME/.pyenv}")"/versions/3.* 2>/dev/null | sort -V | tail -n 1)/bin/python
 NEWEST := .venv-newest
-$(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap $(wildcard app/*.py) sql/init.sql README.md
+$(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap $(wildcard app/*.py) $(wildcard sql/*.sql) README.md
 	@echo "make: building $(NEWEST) with $(NEWEST_PYTHON)" >&2
 	@test -x "$(NEWEST_PYTHON)" || { echo "make: no newer Python found (NEWEST_PYTHON=...): its tests are skipped" >&2; exit 0; }
 	@rm -rf $(NEWEST) && "$(NEWEST_PYTHON)" -m venv $(NEWEST) >&2
@@ -109,7 +109,7 @@ image: wheels ca-check ## build the image (BASE_IMAGE=..., IMAGE=..., PLATFORM=l
 # The image is rebuilt for compose only when what goes into it changed (or it is gone).
 IMAGE_STAMP := .image-$(subst /,_,$(subst :,_,$(IMAGE)))
 IMAGE_INPUTS := Dockerfile .dockerignore requirements.lock pyproject.toml README.md \
-	sql/init.sql ca/rds-global-bundle.pem docker/trim-image.py $(wildcard app/*.py)
+	$(wildcard sql/*.sql) ca/rds-global-bundle.pem docker/trim-image.py $(wildcard app/*.py)
 image-current:
 	@if ! docker image inspect $(IMAGE) >/dev/null 2>&1 || [ ! -f $(IMAGE_STAMP) ] || \
 		[ -n "$$(find $(IMAGE_INPUTS) -newer $(IMAGE_STAMP) 2>/dev/null)" ]; then \

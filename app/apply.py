@@ -12,11 +12,12 @@ ended by the server within seconds, and with it the lock it held.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -53,14 +54,36 @@ SELECT set_config('statement_timeout', %(budget)s, true),
 
 @dataclass(frozen=True)
 class Inputs:
-    """What init.sql reads through current_setting('bootstrap.*')."""
+    """What init.sql and privileges.sql read through current_setting('bootstrap.*')."""
 
     users: tuple[IamUser, ...]
     master_user: str
     prune: bool
+    group_roles: str = "{}"  # GROUP_ROLES as JSON, every default resolved
 
-    def settings(self) -> tuple[str, str, str]:
-        return to_json(self.users), self.master_user, "true" if self.prune else "false"
+    def settings(self) -> tuple[str, str, str, str]:
+        prune = "true" if self.prune else "false"
+        return to_json(self.users), self.master_user, prune, self.group_roles
+
+
+# The inputs, set transaction-local in one round trip; bootstrap.findings is where
+# privileges.sql leaves what it could not act on.
+SET_INPUTS = (
+    "SELECT set_config('bootstrap.iam_users', %s, true),"
+    " set_config('bootstrap.master_user', %s, true),"
+    " set_config('bootstrap.prune', %s, true),"
+    " set_config('bootstrap.group_roles', %s, true),"
+    " set_config('bootstrap.findings', '[]', true)"
+)
+
+
+def script_findings(cur: psycopg.Cursor[Any]) -> list[catalog.Finding]:
+    """What the scripts left in bootstrap.findings: objects and owners the master
+    could not act on, schemas not made yet."""
+    cur.execute("SELECT current_setting('bootstrap.findings', true)")
+    row = cur.fetchone()
+    found = json.loads(str(row[0])) if row and row[0] else []
+    return [f for f in found if isinstance(f, dict)]
 
 
 @dataclass
@@ -151,7 +174,7 @@ def _still_inside(
         raise InitSqlError(problem, file=str(script.path), line=statement.line, sqlstate=None)
 
 
-def _run_script(
+def run_script(
     conn: psycopg.Connection[tuple[object, ...]],
     cur: psycopg.Cursor[tuple[object, ...]],
     script: Script,
@@ -214,8 +237,21 @@ class Attempts:
     the server committed it, and the changes of one that it did.
     """
 
-    def __init__(self, script: Script, inputs: Inputs, deadline: Deadline, *, commit: bool):
-        self.script = script
+    def __init__(
+        self,
+        scripts: tuple[Script, ...],
+        inputs: Inputs,
+        deadline: Deadline,
+        *,
+        commit: bool,
+        database_changes_only: bool = False,
+    ):
+        self.scripts = scripts
+        # Where a failure after the scripts comes from: the first, init.sql, is the one
+        # a user may have replaced.
+        self.script = scripts[0]
+        # For a database after the first: the roles were reported there.
+        self.database_changes_only = database_changes_only
         self.inputs = inputs
         self.deadline = deadline
         self.commit = commit
@@ -291,22 +327,24 @@ class Attempts:
         self.deadline.activity = "starting the transaction"
         _begin(cur, self.deadline)
         locked = time.monotonic()
-        cur.execute(
-            "SELECT set_config('bootstrap.iam_users', %s, true),"
-            " set_config('bootstrap.master_user', %s, true),"
-            " set_config('bootstrap.prune', %s, true)",
-            self.inputs.settings(),
-        )
+        cur.execute(SET_INPUTS, self.inputs.settings())
         snapshot = catalog.Snapshot.of(conn)
         snapshot.remember(cur)
         self._check_lost_commit(snapshot, cur)
-        _run_script(conn, cur, self.script, self.deadline)
+        for script in self.scripts:
+            run_script(conn, cur, script, self.deadline)
         changes, after = _after_script(self.script, lambda: snapshot.changes(cur))
-        findings = (
+        if self.database_changes_only:
+            changes = changes.where(lambda change: "database" in change)
+        prune = (
             _after_script(self.script, lambda: catalog.prune_findings(cur))
-            if self.inputs.prune
+            if self.inputs.prune and not self.database_changes_only
             else []
         )
-        for finding in findings:
+        for finding in prune:
             log.event("prune_incomplete", logging.WARNING, **finding)
-        return Applied(changes, findings), after, locked
+        found = _after_script(self.script, lambda: script_findings(cur))
+        for finding in found:
+            fields = {k: v for k, v in finding.items() if k != "level"}
+            log.event("privileges_left_alone", logging.WARNING, **fields)
+        return Applied(changes, prune + found), after, locked

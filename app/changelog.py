@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 Change = dict[str, object]
@@ -41,6 +41,14 @@ class ChangeLog:
     def extend(self, other: ChangeLog) -> None:
         for text in other:
             self.add_json(text)
+
+    def where(self, keep: Callable[[Change], bool]) -> ChangeLog:
+        """The changes `keep` is true of, in order."""
+        kept = ChangeLog()
+        for text in self:
+            if keep(json.loads(text)):
+                kept.add_json(text)
+        return kept
 
     def __len__(self) -> int:
         return self._count

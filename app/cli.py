@@ -20,7 +20,10 @@ from app.report import Result, emit
 if TYPE_CHECKING:
     import psycopg
 
+    from app.apply import Inputs
+    from app.login import MasterLogin
     from app.retry import Deadline
+    from app.script import Script
     from app.settings import Settings
 
 T = TypeVar("T")
@@ -151,11 +154,38 @@ def _configure(started: float) -> tuple[Settings, Deadline]:
     return conf, deadline
 
 
+class _Session:
+    """The master login, and each database of the cluster reached with it, under the
+    run's deadline and retry policy."""
+
+    def __init__(self, login: MasterLogin, conf: Settings, deadline: Deadline) -> None:
+        self.login, self.conf, self.deadline = login, conf, deadline
+
+    def retried(
+        self, what: str, work: Callable[[psycopg.Connection[Any]], T], dbname: str | None = None
+    ) -> T:
+        from app import connect, databases, retry  # noqa: PLC0415
+
+        where = self.login if dbname is None else databases.login_to(self.login, dbname)
+
+        def attempt() -> T:
+            with connect.connect(where, self.conf, self.deadline) as conn:
+                return work(conn)
+
+        return retry.run(
+            attempt,
+            what=what,
+            deadline=self.deadline,
+            transient=connect.is_transient,
+            describe=connect.describe,
+        )
+
+
 def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any]:
-    """apply, plan and verify: log in as the master user and work in one transaction.
-    Returns the fields of the result line."""
-    from app import apply, connect, credentials, retry, script, verify  # noqa: PLC0415
-    from app.changelog import ChangeLog  # noqa: PLC0415
+    """apply, plan and verify: log in as the master user and work in one transaction
+    per database. Returns the fields of the result line."""
+    from app import apply, connect, credentials, databases, script  # noqa: PLC0415
+    from app.settings import privileges_sql  # noqa: PLC0415
     from app.users import check_master  # noqa: PLC0415
 
     command = args.command or "apply"
@@ -165,8 +195,12 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
     if problems:
         raise ConfigError.all_of(problems)
     program = script.load(conf.init_sql) if command != "verify" else None
+    privileges = script.load(privileges_sql())
     login = credentials.resolve(conf, deadline, plan=command == "plan")
     check_master(conf.iam_users, login.user)
+    group_roles = conf.group_roles
+    group_roles.check(conf.iam_users, login.user)
+    names = group_roles.databases(login.dbname)
     log.event(
         "start",
         command=command,
@@ -177,51 +211,107 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
         credentials=login.source,
         sslmode=conf.db_sslmode,
         iam_users=len(conf.iam_users),
+        group_roles=len(group_roles.groups),
+        databases=list(names),
     )
-
-    def with_retries(what: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        def attempt() -> T:
-            with connect.connect(login, conf, deadline) as conn:
-                return work(conn)
-
-        return retry.run(
-            attempt,
-            what=what,
-            deadline=deadline,
-            transient=connect.is_transient,
-            describe=connect.describe,
+    session = _Session(login, conf, deadline)
+    if len(names) > 1:
+        # Before anything commits: every database is there, and the master gets in.
+        session.retried(
+            "checking the databases GROUP_ROLES names",
+            lambda conn: databases.check(conn, names[1:], group_roles.source),
         )
-
+        for name in names[1:]:
+            session.retried(f"connecting to database {name}", lambda conn: None, name)
+    inputs = apply.Inputs(
+        conf.iam_users, login.user, conf.prune, group_roles.to_json(login.dbname, login.user)
+    )
     if program is None:
-        fields: dict[str, Any] = {
-            "findings": with_retries(
-                "connecting and reading the catalog",
-                lambda conn: verify.findings(conn, conf.iam_users, login.user),
-            )
-        }
-        if args.connect:
-            from app import aws  # noqa: PLC0415
+        return _verify(args, session, names, privileges, inputs)
+    return _apply(session, names, (program, privileges), inputs, commit=command == "apply")
 
-            signer = aws.Aws(deadline)
-            fields["connections"] = verify.connect_each(
-                conf.iam_users,
-                login,
-                conf,
-                lambda user: signer.auth_token(login.host, login.port, user),
-            )
-        return fields
-    inputs = apply.Inputs(conf.iam_users, login.user, conf.prune)
-    attempts = apply.Attempts(program, inputs, deadline, commit=command == "apply")
-    applied = with_retries("connecting and applying init.sql", attempts)
-    changes = applied.changes
-    if login.prior_changes:  # enabling IAM auth on the cluster came first
-        changes = ChangeLog()
-        for change in login.prior_changes:
-            changes.add(change)
-        changes.extend(applied.changes)
-    fields = {"changes": changes}
-    if applied.findings:
-        fields["findings"] = applied.findings
+
+def _verify(
+    args: argparse.Namespace,
+    session: _Session,
+    names: tuple[str, ...],
+    privileges: Script,
+    inputs: Inputs,
+) -> dict[str, Any]:
+    from app import verify  # noqa: PLC0415
+
+    login, conf, deadline = session.login, session.conf, session.deadline
+    found = session.retried(
+        "connecting and reading the catalog",
+        lambda conn: (
+            verify.findings(conn, conf.iam_users, login.user)
+            + verify.privilege_findings(conn, privileges, inputs, deadline)
+        ),
+    )
+    for name in names[1:]:
+        found += session.retried(
+            f"reading the privileges in database {name}",
+            lambda conn: verify.privilege_findings(conn, privileges, inputs, deadline),
+            name,
+        )
+    fields: dict[str, Any] = {"findings": found}
+    if args.connect:
+        from app import aws  # noqa: PLC0415
+
+        signer = aws.Aws(deadline)
+        fields["connections"] = verify.connect_each(
+            conf.iam_users,
+            login,
+            conf,
+            lambda user: signer.auth_token(login.host, login.port, user),
+        )
+    return fields
+
+
+def _apply(
+    session: _Session,
+    names: tuple[str, ...],
+    scripts: tuple[Script, Script],
+    inputs: Inputs,
+    *,
+    commit: bool,
+) -> dict[str, Any]:
+    """init.sql and privileges.sql in DB_NAME, then privileges.sql in each other
+    database, each in its own transaction (see app.databases)."""
+    from app import apply  # noqa: PLC0415
+    from app.changelog import ChangeLog  # noqa: PLC0415
+
+    attempts = apply.Attempts(scripts, inputs, session.deadline, commit=commit)
+    applied = session.retried("connecting and applying init.sql", attempts)
+    changes = ChangeLog()
+    for change in session.login.prior_changes:  # enabling IAM auth came first
+        changes.add(change)
+    changes.extend(applied.changes)
+    findings = list(applied.findings)
+    done = [session.login.dbname]
+    for name in names[1:]:
+        # With plan nothing was committed, so the roles are made here again, in this
+        # database's own rolled-back transaction; only its privileges are reported.
+        per_database = apply.Attempts(
+            scripts[1:] if commit else scripts,
+            inputs,
+            session.deadline,
+            commit=commit,
+            database_changes_only=True,
+        )
+        try:
+            here = session.retried(f"applying privileges in database {name}", per_database, name)
+        except BootstrapError as exc:
+            # What the databases before this one committed stays committed: say so.
+            exc.details.setdefault("changes", changes)
+            exc.details["databases_committed" if commit else "databases_planned"] = done
+            raise
+        changes.extend(here.changes)
+        findings += here.findings
+        done.append(name)
+    fields: dict[str, Any] = {"changes": changes}
+    if findings:
+        fields["findings"] = findings
     if applied.confirmed_after_reconnect:
         fields["commit_confirmed_after_reconnect"] = True
     return fields
@@ -336,7 +426,8 @@ def _guarded(fn: Callable[[], T]) -> Outcome[T]:
 def _verdict(command: str, fields: dict[str, Any]) -> Outcome[None]:
     """Exit codes that come from what a command found, not from an error."""
     if command == "verify":
-        drift = len(fields.get("findings", [])) + sum(
+        # Warnings (what the master may not act on) are findings, not drift.
+        drift = sum(f.get("level") != "warning" for f in fields.get("findings", [])) + sum(
             not c["ok"] for c in fields.get("connections", [])
         )
         if drift:

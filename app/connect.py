@@ -44,6 +44,22 @@ RETRY_SQLSTATES = frozenset(
 )
 
 
+# Catalogs every database shares: two runs working in different databases hold
+# different advisory locks, and the second to write the same row of one (a role both
+# create, a membership both grant, the marker's comment both update) fails rather
+# than waits. It is a concurrent run's doing: the next attempt finds its work done.
+_SHARED_CATALOGS = frozenset(
+    {"pg_authid", "pg_auth_members", "pg_shdescription", "pg_database", "pg_shdepend"}
+)
+
+
+def is_concurrent_catalog_write(exc: psycopg.Error) -> bool:
+    diag = exc.diag
+    if exc.sqlstate == "23505":
+        return diag.table_name in _SHARED_CATALOGS
+    return exc.sqlstate == "XX000" and diag.message_primary == "tuple concurrently updated"
+
+
 def is_auth_failure(exc: psycopg.OperationalError) -> bool:
     return bool(_AUTH_FAILED.search(str(exc)))
 
@@ -54,7 +70,9 @@ def is_transient(exc: BaseException) -> bool:
         return False
     state = exc.sqlstate
     if state is not None:
-        return state in RETRY_SQLSTATES or state.startswith("08")
+        return (
+            state in RETRY_SQLSTATES or state.startswith("08") or is_concurrent_catalog_write(exc)
+        )
     # Without a server code: the connection failed or was lost.
     return isinstance(exc, psycopg.OperationalError)
 

@@ -3,13 +3,15 @@
 Each listed user must exist, log in, be a member of rds_iam and of its listed roles,
 and carry the managed marker; nothing may stop it from logging in (a connection
 limit of 0, no CONNECT on the database through PUBLIC, itself or its groups) or from
-using its groups (a membership without INHERIT); a managed user no longer listed must no longer be
-able to log in with IAM. With --connect, each listed user also logs in with a fresh
-IAM token and runs SELECT 1.
+using its groups (a membership without INHERIT); a managed user no longer listed must
+no longer be able to log in with IAM. In each database the run visits, the declared
+groups must hold what GROUP_ROLES gives them, and nothing more. With --connect, each
+listed user also logs in with a fresh IAM token and runs SELECT 1.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +19,10 @@ from typing import Any
 import psycopg
 
 from app import catalog, connect, log
+from app.apply import SET_INPUTS, Inputs, run_script, script_findings
 from app.login import MasterLogin
+from app.retry import Deadline
+from app.script import Script
 from app.settings import Settings
 from app.users import IamUser, to_json
 
@@ -101,6 +106,23 @@ def findings(
                 {"role": name, "problem": "unlisted", "login": login, "rds_iam": in_rds_iam}
             )
     return found
+
+
+def privilege_findings(
+    conn: psycopg.Connection[Any], privileges: Script, inputs: Inputs, deadline: Deadline
+) -> list[Finding]:
+    """The declared groups' privileges in this database, as privileges.sql sees them
+    without changing anything: each grant it would make, and each it would revoke
+    with PRUNE, is drift; what the master may not act on is a warning."""
+    conn.read_only = True
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(SET_INPUTS, inputs.settings())
+        cur.execute("SELECT set_config('bootstrap.check_only', 'true', true)")
+        run_script(conn, cur, privileges, deadline)
+        cur.execute("SELECT current_setting('bootstrap.drift', true)")
+        row = cur.fetchone()
+        drift: list[Finding] = json.loads(str(row[0])) if row and row[0] else []
+        return drift + script_findings(cur)
 
 
 def connect_each(

@@ -5,12 +5,18 @@
 --   bootstrap.iam_users    JSON list of {"name": ..., "roles": [...]}
 --   bootstrap.master_user  the user running this script; never made an IAM user
 --   bootstrap.prune        true: managed users no longer listed lose LOGIN and rds_iam
+--   bootstrap.group_roles  JSON object {"group": [grant, ...]}: GROUP_ROLES, resolved
+--                          (unset: no group is declared)
+--
+-- It makes the roles, which are the cluster's; sql/privileges.sql then gives the groups
+-- their privileges, in each database (see there).
 --
 -- To run it by hand, in one transaction:
 --   psql -v ON_ERROR_STOP=1 --single-transaction \
 --     -c "SELECT set_config('bootstrap.iam_users', '[{\"name\": \"app_user\", \"roles\": [\"app_readonly\"]}]', true),
 --                set_config('bootstrap.master_user', current_user, true),
---                set_config('bootstrap.prune', 'false', true)" \
+--                set_config('bootstrap.prune', 'false', true),
+--                set_config('bootstrap.group_roles', '{\"app_readonly\": []}', true)" \
 --     -f sql/init.sql
 --
 -- The users this script manages are the members of the role aurora_bootstrap_managed;
@@ -23,106 +29,32 @@
 -- and a join lets stale catalog statistics pick a plan quadratic in the users.
 
 
--- Group roles: a starting point, to be edited to fit the application's schemas.
+-- Group roles: each group GROUP_ROLES declares is a NOLOGIN role, made here if missing
+-- (what each may do, database by database, is sql/privileges.sql's work).
 DO $$
 DECLARE
     group_marker CONSTANT text := 'managed by aurora-bootstrap (group role)';
-    grp text;
+    declared CONSTANT jsonb :=
+        coalesce(nullif(current_setting('bootstrap.group_roles', true), ''), '{}')::jsonb;
+    r record;
 BEGIN
-    FOREACH grp IN ARRAY ARRAY['app_readonly', 'app_readwrite'] LOOP
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = grp) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN', grp);
-            EXECUTE format('COMMENT ON ROLE %I IS %L', grp, group_marker);
-        ELSIF (SELECT d.description FROM pg_shdescription d
-               WHERE d.objoid = grp::regrole AND d.classoid = 'pg_authid'::regclass)
-              = 'managed by aurora-bootstrap' THEN
-            -- Marked as a user by an earlier version.
-            EXECUTE format('COMMENT ON ROLE %I IS %L', grp, group_marker);
-        END IF;
-    END LOOP;
-END
-$$;
-
--- Granted only where missing: a GRANT that changes nothing still writes the schema's
--- catalog row, and a run that writes nothing needs no change report.
-DO $$
-DECLARE
-    grp text;
-BEGIN
-    FOREACH grp IN ARRAY ARRAY['app_readonly', 'app_readwrite'] LOOP
-        IF NOT EXISTS (SELECT FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
-                       WHERE n.nspname = 'public' AND a.grantee = grp::regrole
-                         AND a.privilege_type = 'USAGE') THEN
-            EXECUTE format('GRANT USAGE ON SCHEMA public TO %I', grp);
-        END IF;
-    END LOOP;
-END
-$$;
-
--- Tables and sequences already in schema public. Only objects the master user owns
--- (directly or through a role) can be granted on; other owners' objects are left to
--- them, rather than failing the whole run on "permission denied".
-DO $$
-DECLARE
-    obj record;
-BEGIN
-    FOR obj IN
-        SELECT p.kind, format('%I.%I', n.nspname, c.relname) AS rel, p.grp,
-               string_agg(p.privilege, ', ' ORDER BY p.privilege) AS privileges
-        FROM pg_class c
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        JOIN (VALUES
-            ('TABLE', 'app_readonly', 'SELECT'),
-            ('TABLE', 'app_readwrite', 'SELECT'),
-            ('TABLE', 'app_readwrite', 'INSERT'),
-            ('TABLE', 'app_readwrite', 'UPDATE'),
-            ('TABLE', 'app_readwrite', 'DELETE'),
-            ('SEQUENCE', 'app_readwrite', 'USAGE'),
-            ('SEQUENCE', 'app_readwrite', 'SELECT')
-        ) AS p(kind, grp, privilege)
-          ON p.kind = CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END
-        WHERE n.nspname = 'public'
-          AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-          AND pg_has_role(c.relowner, 'USAGE')
-          AND NOT CASE c.relkind
-                WHEN 'S' THEN has_sequence_privilege(p.grp, c.oid, p.privilege)
-                ELSE has_table_privilege(p.grp, c.oid, p.privilege) END
-        GROUP BY 1, 2, 3
-        ORDER BY 2, 3
+    IF jsonb_typeof(declared) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'bootstrap.group_roles must be a JSON object, got %', jsonb_typeof(declared);
+    END IF;
+    FOR r IN
+        SELECT g.name, p.oid IS NULL AS missing
+        FROM jsonb_object_keys(declared) AS g(name)
+        LEFT JOIN pg_roles p ON p.rolname = g.name
+        WHERE p.oid IS NULL
+           OR (SELECT d.description FROM pg_shdescription d
+               WHERE d.objoid = p.oid AND d.classoid = 'pg_authid'::regclass)
+              = 'managed by aurora-bootstrap'  -- marked as a user by an earlier version
+        ORDER BY 1
     LOOP
-        EXECUTE format('GRANT %s ON %s %s TO %I', obj.privileges, obj.kind, obj.rel, obj.grp);
-    END LOOP;
-END
-$$;
-
--- Tables the master user creates later get the same privileges (set only where
--- missing, as above).
-DO $$
-DECLARE
-    d record;
-BEGIN
-    FOR d IN
-        SELECT w.kind, w.grp, string_agg(w.privilege, ', ' ORDER BY w.privilege) AS privileges
-        FROM (VALUES
-            ('TABLES', 'r', 'app_readonly', 'SELECT'),
-            ('TABLES', 'r', 'app_readwrite', 'SELECT'),
-            ('TABLES', 'r', 'app_readwrite', 'INSERT'),
-            ('TABLES', 'r', 'app_readwrite', 'UPDATE'),
-            ('TABLES', 'r', 'app_readwrite', 'DELETE'),
-            ('SEQUENCES', 'S', 'app_readwrite', 'USAGE'),
-            ('SEQUENCES', 'S', 'app_readwrite', 'SELECT')
-        ) AS w(kind, objtype, grp, privilege)
-        WHERE NOT EXISTS (
-            SELECT FROM pg_default_acl x CROSS JOIN LATERAL aclexplode(x.defaclacl) a
-            WHERE x.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)
-              AND x.defaclnamespace = 'public'::regnamespace
-              AND x.defaclobjtype = w.objtype::"char"
-              AND a.grantee = w.grp::regrole AND a.privilege_type = w.privilege)
-        GROUP BY 1, 2
-        ORDER BY 1, 2
-    LOOP
-        EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT %s ON %s TO %I',
-                       d.privileges, d.kind, d.grp);
+        IF r.missing THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r.name);
+        END IF;
+        EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, group_marker);
     END LOOP;
 END
 $$;
