@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from app.users import MANAGED_ROLE
 from tests import awsemu
@@ -85,9 +86,30 @@ def _server(
 
 
 def reset(server: localpg.LocalPostgres) -> None:
-    """Drop every role and privilege a test made, so each test starts from scratch."""
+    """Drop every role, database, schema and privilege a test made, so each test
+    starts from scratch."""
     with server.superuser_connect() as conn:
         conn.execute("SELECT pg_advisory_unlock_all()")
+        for (name,) in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', "
+            "'template1')"
+        ).fetchall():
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        for (name,) in conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_' "
+            "AND nspname NOT IN ('public', 'information_schema')"
+        ).fetchall():
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(str(name))))
+        conn.execute(
+            "DO $$DECLARE r record; BEGIN FOR r IN "
+            "SELECT format('public.%I', c.relname) AS o, c.relkind "
+            "FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
+            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND NOT c.relispartition "
+            "ORDER BY c.relkind = 'S' LOOP "
+            "EXECUTE format('DROP %s IF EXISTS %s CASCADE', CASE r.relkind WHEN 'v' THEN 'VIEW' "
+            "WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' "
+            "WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.o); END LOOP; END$$"
+        )
         rows = conn.execute(
             "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> ALL(%s)",
             (list(BASE_ROLES),),

@@ -43,7 +43,7 @@ def test_every_packet_delayed(pg: localpg.LocalPostgres, proxy: FaultProxy) -> N
 
 @pytest.mark.parametrize(
     "marker",
-    [b"bootstrap.iam_users", b"GRANT USAGE ON SCHEMA public", b"COMMIT"],
+    [b"bootstrap.iam_users", b"rds_iam disables password login", b"COMMIT"],
     ids=["after-the-lock", "mid-init-sql", "at-commit"],
 )
 def test_connection_cut_mid_transaction_is_retried_whole(
@@ -65,7 +65,7 @@ def test_connection_cut_mid_init_sql_leaves_nothing_behind(
     """The cut transaction is rolled back by the server; with no way back in, the job
     gives up at the deadline and the catalog is as it was."""
     pg, proxy = pg18, plain_proxy
-    proxy.cut_on(b"GRANT USAGE ON SCHEMA public", then_refuse=True)
+    proxy.cut_on(b"rds_iam disables password login", then_refuse=True)
     run = run_job(through(proxy, pg, DEADLINE_SECONDS="3"))
     assert run.code == 5, run
     assert proxy.faults.cuts == 1

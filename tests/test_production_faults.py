@@ -152,7 +152,7 @@ def test_network_that_goes_silent_mid_transaction_is_noticed_and_retried(
     server keeping the session and its lock). The job notices within seconds, and
     the stranded session lets go of the lock, so the retry succeeds."""
     pg, proxy = pg18, plain_proxy
-    proxy.freeze_on(b"GRANT USAGE ON SCHEMA public", blackhole.drop)
+    proxy.freeze_on(b"rds_iam disables password login", blackhole.drop)
     run = run_job(through(proxy, pg, DEADLINE_SECONDS="90"), timeout=150)
     assert run.code == 0, run
     assert proxy.faults.frozen_ports, "the connection was never made silent"

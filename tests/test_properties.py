@@ -78,7 +78,7 @@ def test_accepted_names_round_trip_into_the_catalog_exactly(
     program = script.load(default_init_sql())
     with pg18.master_connect() as conn:
         apply.Attempts(
-            program, apply.Inputs(users, localpg.MASTER_USER, False), Deadline(60), commit=True
+            (program,), apply.Inputs(users, localpg.MASTER_USER, False), Deadline(60), commit=True
         )(conn)
     state = read_catalog(pg18)
     for n, roles in pairs:

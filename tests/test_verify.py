@@ -246,7 +246,8 @@ def test_markers_an_earlier_version_wrote_keep_working_and_are_migrated(
     # Read as they were meant before anything is migrated: carol is unlisted.
     verify = run_job(env, "verify")
     assert verify.code == 7, verify
-    assert verify.result["findings"] == [
+    # (The shipped GROUP_ROLES groups are drift too: that version gave them less.)
+    assert [f for f in verify.result["findings"] if f["role"] in ("alice", "bob", "carol")] == [
         {"role": "carol", "problem": "unlisted", "login": True, "rds_iam": True}
     ]
     # bob's analytics was granted by the job (its record says so): dropped from the list,
