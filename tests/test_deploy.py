@@ -113,7 +113,7 @@ def test_task_definition_is_small_fargate_with_awslogs() -> None:
     [container] = props["ContainerDefinitions"]
     assert container["LogConfiguration"]["LogDriver"] == "awslogs"
     names = {e["Name"] for e in statements_free_env(container["Environment"])}
-    assert {"DB_CLUSTER_ID", "IAM_USERS", "PRUNE", "DEADLINE_SECONDS"} <= names
+    assert {"DB_CLUSTER_ID", "IAM_USERS", "GROUP_ROLES", "PRUNE", "DEADLINE_SECONDS"} <= names
     assert "TaskDefinitionArn" in data["Outputs"]
 
 

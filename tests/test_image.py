@@ -247,6 +247,22 @@ def test_compose_runs_the_bootstrap_service(pg15: localpg.LocalPostgres) -> None
     assert result(plan)["changes"] == []
 
 
+def test_compose_takes_group_roles_from_the_environment(pg15: localpg.LocalPostgres) -> None:
+    """As it takes IAM_USERS: GROUP_ROLES from the shell that runs compose."""
+    _need_engine()
+    groups = '{"analyst": [{"schemas": ["public"], "access": "read"}]}'
+    env = _ci_env(pg15) | {"GROUP_ROLES": groups}
+    done = _compose("run", "--rm", "--no-deps", "-T", "bootstrap", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any(
+        c["action"] == "grant_privilege" and c["role"] == "analyst" and c["database"] == "postgres"
+        for c in result(done)["changes"]
+    )
+    with pg15.superuser_connect() as conn:
+        usage = conn.execute("SELECT has_schema_privilege('analyst', 'public', 'USAGE')")
+        assert usage.fetchone() == (True,)
+
+
 def test_image_stops_on_sigterm_with_its_result_line(pg15: localpg.LocalPostgres) -> None:
     """As ECS stops a task: SIGTERM to PID 1, SIGKILL (137) after the stop timeout. The
     job, waiting for a held lock, rolls back, reports and exits 143 well before."""
