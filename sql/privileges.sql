@@ -67,6 +67,8 @@ BEGIN
     IF jsonb_typeof(declared) IS DISTINCT FROM 'object' THEN
         RAISE EXCEPTION 'bootstrap.group_roles must be a JSON object, got %', jsonb_typeof(declared);
     END IF;
+    -- The comparison sorts a row per object and privilege: in memory, not on disk.
+    PERFORM set_config('work_mem', '64MB', true);
 
     -- Groups not made yet (sql/init.sql makes them; an INIT_SQL of one's own may not):
     -- left out here, and named.
@@ -123,20 +125,21 @@ BEGIN
         ),
         -- kind: d database, n schema, r relation, s sequence, Dr and Ds the default
         -- privileges (obj the schema, owner the role whose new objects they cover).
+        -- Rows may repeat (two grants naming one schema): EXCEPT below is a set's.
         want(kind, obj, owner, grp, privilege) AS (
             SELECT 'd', db.oid, db.datdba, m.oid, 'CONNECT'
             FROM pg_database db, d JOIN managed m ON m.rolname = d.grp
             WHERE db.datname = current_database()
-            UNION
+            UNION ALL
             SELECT 'n', n.oid, ns.nspowner, n.grp, 'USAGE'
             FROM nsp n JOIN pg_namespace ns ON ns.oid = n.oid
-            UNION
+            UNION ALL
             SELECT l.kind, c.oid, c.relowner, n.grp, l.privilege
             FROM nsp n
             JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
             JOIN level l ON l.access = n.access
                         AND l.kind = CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END
-            UNION
+            UNION ALL
             SELECT 'D' || l.kind, n.oid, o.oid, n.grp, l.privilege
             FROM nsp n
             CROSS JOIN LATERAL unnest(n.owners) AS w(name)
@@ -147,12 +150,12 @@ BEGIN
             SELECT 'd', db.oid, db.datdba, a.grantee, a.privilege_type
             FROM pg_database db CROSS JOIN LATERAL aclexplode(db.datacl) AS a
             WHERE db.datname = current_database() AND a.grantee IN (SELECT oid FROM managed)
-            UNION
+            UNION ALL
             SELECT 'n', ns.oid, ns.nspowner, a.grantee, a.privilege_type
             FROM pg_namespace ns CROSS JOIN LATERAL aclexplode(ns.nspacl) AS a
             WHERE ns.nspname !~ '^pg_' AND ns.nspname <> 'information_schema'
               AND a.grantee IN (SELECT oid FROM managed)
-            UNION
+            UNION ALL
             SELECT CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END, c.oid, c.relowner,
                    a.grantee, a.privilege_type
             FROM pg_class c
@@ -161,7 +164,7 @@ BEGIN
             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relacl IS NOT NULL
               AND ns.nspname !~ '^pg_' AND ns.nspname <> 'information_schema'
               AND a.grantee IN (SELECT oid FROM managed)
-            UNION
+            UNION ALL
             SELECT CASE x.defaclobjtype WHEN 'S' THEN 'Ds' ELSE 'Dr' END, x.defaclnamespace,
                    x.defaclrole, a.grantee, a.privilege_type
             FROM pg_default_acl x CROSS JOIN LATERAL aclexplode(x.defaclacl) AS a
@@ -238,7 +241,7 @@ BEGIN
                         || ' ' || format('%I.%I', n.schema_name, n.relname)
                END AS object
         FROM named n
-        ORDER BY 9, 10, 11
+        ORDER BY n.action, n.kind, n.grp, n.privs, n.owner
     LOOP
         IF NOT r.can_act AND r.kind LIKE 'D%' THEN
             -- The owner can: the statement it would run is the fix.
