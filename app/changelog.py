@@ -35,6 +35,11 @@ class ChangeLog:
         self._file.write(text.replace("\n", " ") + "\n")
         self._count += 1
 
+    def add_lines(self, block: str) -> None:
+        """Changes as JSON objects, one a line (none holding a newline)."""
+        self._file.write(block + "\n")
+        self._count += block.count("\n") + 1
+
     def add(self, change: Change) -> None:
         self.add_json(json.dumps(change, separators=(",", ":"), ensure_ascii=False))
 

@@ -254,9 +254,11 @@ def test_compose_takes_group_roles_from_the_environment(pg15: localpg.LocalPostg
     env = _ci_env(pg15) | {"GROUP_ROLES": groups}
     done = _compose("run", "--rm", "--no-deps", "-T", "bootstrap", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    changes = result(done)["changes"]
+    assert isinstance(changes, list)
     assert any(
         c["action"] == "grant_privilege" and c["role"] == "analyst" and c["database"] == "postgres"
-        for c in result(done)["changes"]
+        for c in changes
     )
     with pg15.superuser_connect() as conn:
         usage = conn.execute("SELECT has_schema_privilege('analyst', 'public', 'USAGE')")
