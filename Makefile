@@ -15,7 +15,7 @@ PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
 ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
-.PHONY: help install venv-newest image-current system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench
+.PHONY: help install venv-newest image-current system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench bench-privileges
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -128,6 +128,10 @@ compose-run: image-current ## run the job in the local stack (CMD=plan, ...)
 BENCH_SIZES ?= 10,1000
 bench: install ## measure the job against psql and the import floor, into BENCH_OUT
 	$(BIN)/python -m bench.bench --sizes $(BENCH_SIZES) --out $(BENCH_OUT)
+
+BENCH_TABLES ?= 5000
+bench-privileges: install ## GROUP_ROLES over BENCH_TABLES tables against psql typing the grants
+	$(BIN)/python -m bench.privileges --tables $(BENCH_TABLES)
 
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove

