@@ -8,10 +8,14 @@ with TLS. Every check reads the server's own privilege functions afterwards.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
+import psycopg
 import pytest
 
+from app import connect
 from tests.conftest import Job, job_env, run_job
 from tools import localpg
 
@@ -641,3 +645,35 @@ def test_groups_declared_in_a_document_are_made_nologin_and_marked(
     ]
     # No group of the shipped default: the document replaces it.
     assert ask(pg15, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'app_read%'") == 0
+
+
+def test_a_role_made_by_a_run_in_another_database_is_a_transient_failure(
+    pg18: localpg.LocalPostgres,
+) -> None:
+    """Two runs with different DB_NAMEs hold different advisory locks: the second to
+    create the same role fails with a unique violation once the first commits. The
+    job retries it (the next attempt finds the role), rather than exit 6."""
+    as_role(pg18, MASTER, "CREATE DATABASE reports")
+    first = pg18.superuser_connect()
+    first.autocommit = False
+    first.execute(f"SET ROLE {MASTER}")
+    first.execute("CREATE ROLE raced NOLOGIN")
+    caught: list[psycopg.Error] = []
+
+    def second() -> None:
+        with pg18.superuser_connect("reports") as conn:
+            conn.execute(f"SET ROLE {MASTER}")
+            try:
+                conn.execute("DO $$BEGIN CREATE ROLE raced NOLOGIN; END$$")
+            except psycopg.Error as exc:
+                caught.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(1)  # the second waits on the first's uncommitted row
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+    assert len(caught) == 1
+    assert caught[0].sqlstate == "23505"
+    assert connect.is_transient(caught[0])
