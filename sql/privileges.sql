@@ -78,7 +78,8 @@ BEGIN
         WHERE check_only AND NOT EXISTS (SELECT FROM pg_roles p WHERE p.rolname = g.name)
         ORDER BY 1);
 
-    -- Schemas not made yet, and owners that do not exist: the next run picks them up.
+    -- What is not made yet (under apply: a group; a schema; an owner): warnings, and the
+    -- next run picks them up.
     findings := ARRAY(
         SELECT jsonb_build_object('level', 'warning', 'problem', 'group_missing',
                                   'database', current_database(), 'group', g.name)
