@@ -77,13 +77,17 @@ SET_INPUTS = (
 )
 
 
-def script_findings(cur: psycopg.Cursor[Any]) -> list[catalog.Finding]:
-    """What the scripts left in bootstrap.findings: objects and owners the master
-    could not act on, schemas not made yet."""
-    cur.execute("SELECT current_setting('bootstrap.findings', true)")
+def script_output(cur: psycopg.Cursor[Any], setting: str) -> list[catalog.Finding]:
+    """A JSON list a script left in a transaction-local setting: bootstrap.findings
+    (what the master could not act on, what is not made yet), bootstrap.drift."""
+    cur.execute("SELECT current_setting(%s, true)", (setting,))
     row = cur.fetchone()
     found = json.loads(str(row[0])) if row and row[0] else []
     return [f for f in found if isinstance(f, dict)]
+
+
+def script_findings(cur: psycopg.Cursor[Any]) -> list[catalog.Finding]:
+    return script_output(cur, "bootstrap.findings")
 
 
 @dataclass

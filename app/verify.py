@@ -11,7 +11,6 @@ listed user also logs in with a fresh IAM token and runs SELECT 1.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import psycopg
 
 from app import catalog, connect, log
-from app.apply import SET_INPUTS, Inputs, run_script, script_findings
+from app.apply import SET_INPUTS, Inputs, run_script, script_findings, script_output
 from app.login import MasterLogin
 from app.retry import Deadline
 from app.script import Script
@@ -119,10 +118,7 @@ def privilege_findings(
         cur.execute(SET_INPUTS, inputs.settings())
         cur.execute("SELECT set_config('bootstrap.check_only', 'true', true)")
         run_script(conn, cur, privileges, deadline)
-        cur.execute("SELECT current_setting('bootstrap.drift', true)")
-        row = cur.fetchone()
-        drift: list[Finding] = json.loads(str(row[0])) if row and row[0] else []
-        return drift + script_findings(cur)
+        return script_output(cur, "bootstrap.drift") + script_findings(cur)
 
 
 def connect_each(

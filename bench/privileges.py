@@ -90,7 +90,6 @@ def drop_groups(bench: Bench, *names: str) -> None:
         for name in names:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute("VACUUM pg_authid, pg_auth_members, pg_shdescription, pg_database")
-    with bench.server.superuser_connect() as conn:
         conn.execute("VACUUM pg_class, pg_default_acl, pg_namespace")
 
 
