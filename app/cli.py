@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from app.apply import Inputs
+    from app.cfnrequest import Request
     from app.login import MasterLogin
     from app.retry import Deadline
     from app.script import Script
@@ -39,6 +41,8 @@ COMMANDS = {
     "cluster), follow it, one result row per target",
     "iam-auth-server": "local stand-in for Aurora's IAM token check, for PostgreSQL's ldap "
     "auth (IAM_AUTH_LISTEN, IAM_AUTH_ENDPOINT, IAM_AUTH_KEYS, AWS_REGION); runs until SIGTERM",
+    "custom-resource": "the worker of Custom::AuroraBootstrap: apply the request in "
+    "CFN_REQUEST (Create, Update; Delete changes nothing) and answer CloudFormation",
 }
 
 
@@ -141,7 +145,9 @@ def _fleet_flags(parser: argparse.ArgumentParser) -> None:
     flag("--poll-seconds", type=float, help="seconds between looks (FLEET_POLL_SECONDS, 10)")
 
 
-def _configure(started: float) -> tuple[Settings, Deadline]:
+def _configure(started: float, *, answering: bool = False) -> tuple[Settings, Deadline]:
+    """The settings, and the run's deadline (which ends early by the time an answer to
+    CloudFormation is given, when `answering`)."""
     # Imported here: --help and argument errors should not pay for pydantic.
     from app import retry, settings  # noqa: PLC0415
 
@@ -149,7 +155,12 @@ def _configure(started: float) -> tuple[Settings, Deadline]:
     log.setup(conf.log_format_resolved, conf.log_level)
     if conf.db_password is not None:
         log.register_secret(conf.db_password.get_secret_value())
-    deadline = retry.Deadline(conf.deadline_seconds, started=started)
+    reserved = 0.0
+    if answering:
+        from app import cfnresponse  # noqa: PLC0415
+
+        reserved = cfnresponse.reserve(conf.deadline_seconds)
+    deadline = retry.Deadline(conf.deadline_seconds, started=started, reserved=reserved)
     deadline.arm()
     return conf, deadline
 
@@ -181,7 +192,9 @@ class _Session:
         )
 
 
-def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any]:
+def _database_command(
+    args: argparse.Namespace, started: float, *, answering: bool = False
+) -> dict[str, Any]:
     """apply, plan and verify: log in as the master user and work in one transaction
     per database. Returns the fields of the result line."""
     from app import apply, connect, credentials, databases, script  # noqa: PLC0415
@@ -189,7 +202,7 @@ def _database_command(args: argparse.Namespace, started: float) -> dict[str, Any
     from app.users import check_master  # noqa: PLC0415
 
     command = args.command or "apply"
-    conf, deadline = _configure(started)
+    conf, deadline = _configure(started, answering=answering)
     # Where to log in first, then how: every problem found here is reported at once.
     problems = [p for p in (credentials.check(conf), connect.check(conf)) if p is not None]
     if problems:
@@ -317,6 +330,56 @@ def _apply(
     return fields
 
 
+def _custom_resource(request: Request, started: float) -> dict[str, Any]:
+    """Create and Update apply with the request's properties over the settings; Delete
+    changes nothing (users are never dropped) and needs no setting at all, so that a
+    stack can always be deleted."""
+    import os  # noqa: PLC0415
+
+    from app import cfnrequest  # noqa: PLC0415
+
+    if request.request_type == "Delete":
+        log.event("delete", detail="users are never dropped: nothing to change")
+        return {}
+    overridden = cfnrequest.overrides(request)
+    os.environ.update(overridden)
+    try:
+        return _database_command(argparse.Namespace(command="apply"), started, answering=True)
+    except ConfigError as exc:
+        raise cfnrequest.name_property(exc, overridden) from None
+
+
+def _answer(request: Request, started: float, run: Outcome[Any], fields: dict[str, Any]) -> None:
+    """Answer CloudFormation with the run's outcome; a failure to deliver it becomes
+    the run's outcome (the launcher then answers FAILED from outside the VPC)."""
+    from app import cfnresponse  # noqa: PLC0415
+    from app.errors import ResponseNotDelivered  # noqa: PLC0415
+
+    changes = len(fields.get("changes", []))
+    if run.exit_code == 0:
+        status = "SUCCESS"
+        reason = (
+            "Delete changes nothing: users are never dropped"
+            if request.request_type == "Delete"
+            else f"applied: {changes} changes"
+        )
+    else:
+        error = run.error or {"type": "internal_error", "message": "no error recorded"}
+        status, reason = "FAILED", f"{error['type']} (exit {run.exit_code}): {error['message']}"
+    seconds = cfnresponse.budget(started, stopped=run.exit_code in (130, 143))
+    data = {"Changes": str(changes), "Version": version()}
+    fields["request_type"] = request.request_type
+    try:
+        fields["response"] = cfnresponse.answer(request, status, reason, data, seconds)
+    except ResponseNotDelivered as exc:
+        log.event("failed", logging.ERROR, error=exc.kind, detail=str(exc))
+        fields["response"] = {"status": status, "delivered": False, **exc.details}
+        if run.error is not None:
+            fields["run_error"] = run.error
+        run.exit_code = exc.exit_code
+        run.error = {"type": exc.kind, "message": log.redact(str(exc))}
+
+
 def _token(args: argparse.Namespace, started: float) -> str:
     from app import aws  # noqa: PLC0415
     from app.users import NAME_RE, NAME_RULE  # noqa: PLC0415
@@ -388,6 +451,9 @@ REPORTED: dict[str, Callable[[argparse.Namespace, float], dict[str, Any]]] = {
     "ecs-run": _ecs_run,
     "fleet-run": _fleet_run,
 }
+# Commands that end with a result line on stdout (custom-resource's work is in main:
+# a hard stop must know its request).
+RESULT_LINE = {*REPORTED, "custom-resource"}
 
 PRINTERS: dict[str, Callable[[argparse.Namespace, float], str]] = {
     "token": _token,
@@ -456,20 +522,64 @@ def _result(command: str, started: float, run: Outcome[Any], fields: dict[str, A
     )
 
 
+# Held by whoever reports the run's end: the main thread, or a hard stop.
+_finishing = threading.Lock()
+
+
+def _finish(
+    command: str,
+    started: float,
+    run: Outcome[Any],
+    fields: dict[str, Any],
+    request: Request | None,
+    *,
+    blocking: bool = True,
+) -> bool:
+    """Answer CloudFormation (custom-resource), then write the result line; only the
+    first caller does, and says so."""
+    if not _finishing.acquire(blocking=blocking):
+        return False
+    if request is not None:
+        _answer(request, started, run, fields)
+    if run.exit_code == 0:
+        log.event("done", command=command, changes=len(fields.get("changes", [])))
+    emit(_result(command, started, run, fields))
+    return True
+
+
+def _read_request() -> Request:
+    import os  # noqa: PLC0415
+
+    from app import cfnrequest  # noqa: PLC0415
+
+    request = cfnrequest.parse(os.environ.get(cfnrequest.SETTING))
+    # Whoever holds the pre-signed URL can answer for the resource: never logged.
+    log.register_secret(request.response_signature)
+    log.event(
+        "request",
+        request_type=request.request_type,
+        logical_resource_id=request.logical_resource_id,
+        physical_resource_id=request.resource_id,
+        properties=sorted(request.properties),
+    )
+    return request
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     args = _parser().parse_args(argv)
     command = args.command or "apply"
     log.setup("text" if sys.stderr.isatty() else "json", "INFO")
+    request: Request | None = None
 
     def hard_stop(error: BootstrapError) -> bool:
         # Cleanup after a stop signal hung (a dead network): report and go, unless
-        # the run has begun writing its own result line.
+        # the run has begun reporting its end itself.
         log.event("hard_stop", logging.ERROR, error=error.kind, detail=str(error))
-        if command not in REPORTED:
+        if command not in RESULT_LINE:
             return True
         failed = Outcome[Any](None, error.exit_code, {"type": error.kind, "message": str(error)})
-        return emit(_result(command, started, failed, dict(error.details)))
+        return _finish(command, started, failed, dict(error.details), request, blocking=False)
 
     if command == "iam-auth-server":
         from app import iamauthserver  # noqa: PLC0415
@@ -483,14 +593,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if printed.value is not None:
             sys.stdout.write(printed.value + "\n")
         return printed.exit_code
-    run = _guarded(lambda: REPORTED[command](args, started))
+
+    def custom_resource(args: argparse.Namespace, started: float) -> dict[str, Any]:
+        # Without a readable request there is nowhere to answer: the result line alone.
+        nonlocal request
+        request = _read_request()
+        return _custom_resource(request, started)
+
+    work = custom_resource if command == "custom-resource" else REPORTED[command]
+    run = _guarded(lambda: work(args, started))
     fields = run.value if run.value is not None else run.details
     if run.exit_code == 0:
         verdict = _verdict(command, fields)
         run.exit_code, run.error = verdict.exit_code, verdict.error
-    if run.exit_code == 0:
-        log.event("done", command=command, changes=len(fields.get("changes", [])))
-    emit(_result(command, started, run, fields))
+    _finish(command, started, run, fields, request)
     return run.exit_code
 
 

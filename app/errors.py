@@ -118,3 +118,11 @@ class TaskLost(BootstrapError):
 
     exit_code = 9
     kind = "task_lost"
+
+
+class ResponseNotDelivered(BootstrapError):
+    """custom-resource: the answer could not be PUT to CloudFormation's ResponseURL
+    within the deadline; the launcher answers FAILED for a task that exits with this."""
+
+    exit_code = 11
+    kind = "response_not_delivered"

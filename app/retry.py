@@ -29,6 +29,9 @@ class Deadline:
     started: float = field(default_factory=time.monotonic)
     setting: str = "DEADLINE_SECONDS"  # named in every message about it
     activity: str = "starting"  # what the job is waiting for now
+    # The end of the deadline kept for something after the run (custom-resource's
+    # answer): the run stops that much earlier.
+    reserved: float = 0.0
 
     def arm(self) -> None:
         """Interrupt the job wherever it is when the deadline passes: a host that never
@@ -36,13 +39,14 @@ class Deadline:
         interrupt.arm_deadline(self.remaining(), self.expired)
 
     def expired(self) -> str:
-        return (
-            f"gave up {self.activity}: {self.setting}={self.seconds:g} passed after "
-            f"{self.elapsed():.1f}s"
-        )
+        return f"gave up {self.activity}: {self.label()} passed after {self.elapsed():.1f}s"
+
+    def label(self) -> str:
+        kept = f", less {self.reserved:g}s kept to answer CloudFormation" if self.reserved else ""
+        return f"{self.setting}={self.seconds:g}{kept}"
 
     def remaining(self) -> float:
-        return self.seconds - (time.monotonic() - self.started)
+        return self.seconds - self.reserved - (time.monotonic() - self.started)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -89,7 +93,7 @@ def run(
     def give_up(state: RetryCallState) -> T:
         raise DeadlineExceeded(
             f"gave up {what} after {state.attempt_number} attempts in "
-            f"{deadline.elapsed():.1f}s ({deadline.setting}={deadline.seconds:g}): {reason(state)}"
+            f"{deadline.elapsed():.1f}s ({deadline.label()}): {reason(state)}"
         )
 
     retrying = Retrying(
