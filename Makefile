@@ -15,7 +15,7 @@ PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
 ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
-.PHONY: help install venv-newest image-current system-deps run db-stop test lint format clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench bench-privileges
+.PHONY: help install venv-newest image-current system-deps run db-stop test lint format template clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench bench-privileges
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,10 +67,14 @@ run: install ## run the job (CMD=plan, verify, ...; apply by default) against a 
 db-stop: ## stop the local PostgreSQL that `make run` started
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb stop
 
-lint: install ## ruff and mypy --strict
+lint: install ## ruff, mypy --strict, and the template carrying deploy/launcher.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m tools.embed_launcher --check
+
+template: install ## write deploy/launcher.py into deploy/cloudformation.yaml (its inline code)
+	$(BIN)/python -m tools.embed_launcher
 
 format: install ## apply ruff's formatting and fixes
 	$(BIN)/ruff format .

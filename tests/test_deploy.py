@@ -247,8 +247,19 @@ def test_template_deploys_and_ecs_run_runs_the_task_it_defines(
         DatabaseSecurityGroupId=database,
         DbHost="db.example" if source == "ecs-secret" else "",
         DbUser="master" if source in ("ecs-secret", "iam") else "",
+        EcsCluster="pipeline",
     )
     assert outputs["Subnets"] == ",".join(subnets)
+    # The launcher of Custom::AuroraBootstrap runs this task definition, in this
+    # network (its own tests are in test_launcher.py and test_iac.py).
+    launcher = aws.admin("lambda").get_function_configuration(FunctionName=outputs["ServiceToken"])
+    assert launcher["Environment"]["Variables"] == {
+        "CLUSTER": "pipeline",
+        "TASK_DEFINITION": outputs["TaskDefinitionArn"],
+        "CONTAINER": "bootstrap",
+        "SUBNETS": outputs["Subnets"],
+        "SECURITY_GROUP": outputs["TaskSecurityGroupId"],
+    }
     rules = ec2.describe_security_groups(GroupIds=[database])["SecurityGroups"][0]["IpPermissions"]
     assert any(
         pair["GroupId"] == outputs["TaskSecurityGroupId"]

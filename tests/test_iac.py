@@ -1,0 +1,284 @@
+"""Inside an IaC deploy: the template's launcher, its role and its EventBridge rule,
+and a stack with Custom::AuroraBootstrap that moto's CloudFormation completes when
+the worker answers it.
+
+What moto cannot show, and where it is covered instead: moto's CloudFormation honours
+only SUCCESS on Create (a FAILED answer leaves the stack waiting) and never calls the
+provider on Update or Delete, so FAILED, Update and Delete are covered by
+test_custom_resource.py (the worker) and test_launcher.py (the launcher)."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import types
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import pytest
+from moto.awslambda.models import LambdaFunction
+from moto.events.models import EventPattern, EventPatternParser
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+from tests import awsemu
+from tests.conftest import catalog, job_env, members_of, run_job
+from tests.test_deploy import (
+    TEMPLATE,
+    _without_nulls,
+    actions,
+    role_statements,
+    template,
+)
+from tests.test_launcher import LAUNCHER, stopped_event
+from tools import localpg
+from tools.localpg import free_port
+
+LAUNCHER_ACTIONS = {"ecs:RunTask", "iam:PassRole", "logs:CreateLogStream", "logs:PutLogEvents"}
+
+
+def test_the_template_carries_the_launcher_file_as_its_inline_code() -> None:
+    code = template()["Resources"]["Launcher"]["Properties"]["Code"]["ZipFile"]
+    assert code == LAUNCHER.read_text(), "run make template"
+
+
+def test_the_launchers_role_grants_exactly_what_it_calls() -> None:
+    granted = {a: s for s in role_statements("LauncherRole") for a in actions(s)}
+    assert set(granted) == LAUNCHER_ACTIONS
+    run_task = json.dumps(granted["ecs:RunTask"])
+    # This stack's task definitions, in the one cluster.
+    assert "task-definition/aurora-bootstrap-${AWS::StackName}:*" in run_task
+    cluster = "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:cluster/${EcsCluster}"
+    assert granted["ecs:RunTask"]["Condition"] == {
+        "ArnEquals": {"ecs:cluster": {"Fn::Sub": cluster}}
+    }
+    # Its two roles, to ECS tasks alone.
+    assert granted["iam:PassRole"]["Resource"] == [
+        {"Fn::GetAtt": ["TaskRole", "Arn"]},
+        {"Fn::GetAtt": ["ExecutionRole", "Arn"]},
+    ]
+    assert granted["iam:PassRole"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+    }
+    # Its own logs.
+    assert granted["logs:PutLogEvents"]["Resource"] == {"Fn::Sub": "${LauncherLogGroup.Arn}:*"}
+    for statement in granted.values():
+        assert statement["Resource"] != "*"
+    resources = template()["Resources"]
+    trust = resources["LauncherRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert [s["Principal"] for s in trust] == [{"Service": "lambda.amazonaws.com"}]
+    function = resources["Launcher"]["Properties"]
+    assert function["LoggingConfig"] == {"LogGroup": {"Ref": "LauncherLogGroup"}}
+    # Outside the VPC: no network interface to outlive it and block a subnet's deletion.
+    assert "VpcConfig" not in function
+
+
+def test_the_example_resource_reruns_on_what_should_and_bounds_its_wait() -> None:
+    data = template()
+    resource = data["Resources"]["DatabaseUsers"]
+    assert resource["Type"] == "Custom::AuroraBootstrap"
+    props = resource["Properties"]
+    assert props["ServiceToken"] == {"Fn::GetAtt": ["Launcher", "Arn"]}
+    assert props["ServiceTimeout"] == {"Ref": "BootstrapTimeoutSeconds"}
+    assert {"IamUsers", "GroupRoles", "Prune"} <= props.keys()
+    assert props["Triggers"] == {
+        "Image": {"Ref": "Image"},
+        "TaskDefinition": {"Ref": "TaskDefinition"},
+    }
+    # The rule that hears a task that never ran is in place before the first task.
+    assert resource["DependsOn"] == "LauncherTaskStoppedPermission"
+    timeout = data["Parameters"]["BootstrapTimeoutSeconds"]
+    assert timeout["MaxValue"] == 3600 and timeout["MinValue"] >= 60
+    assert data["Outputs"]["ServiceToken"]["Export"] == {
+        "Name": {"Fn::Sub": "${AWS::StackName}-ServiceToken"}
+    }
+
+
+class InProcessMoto:
+    """moto's server in this process, so that its Lambda can be run: moto runs a
+    function in a Docker container from a public Lambda image, which cannot be pulled
+    here. Scripted: its invoke runs the function's own code (the index.py moto made
+    from the template's ZipFile) in this process, with the function's environment,
+    as Lambda's Python runtime would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # moto writes its own port into the response URLs it makes.
+        monkeypatch.setenv("MOTO_PORT", str(self.port))
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.env = awsemu.client_env(self.url) | {"AWS_DEFAULT_REGION": awsemu.REGION}
+        self.events: list[dict[str, Any]] = []
+        self.results: list[str] = []
+        self.environment_override: dict[str, str] = {}
+        # Set by the test when what the function will find is in place.
+        self.ready = threading.Event()
+        moto = self
+
+        def invoke(
+            fn: LambdaFunction, body: str, request_headers: Any, response_headers: Any
+        ) -> str:
+            event = json.loads(body)
+            moto.events.append(event)
+            moto.ready.wait(30)
+            with zipfile.ZipFile(io.BytesIO(fn.code_bytes)) as code:
+                source = code.read("index.py").decode()
+            module = types.ModuleType("index")
+            exec(compile(source, "index.py", "exec"), module.__dict__)  # noqa: S102 (the function's code)
+            with pytest.MonkeyPatch.context() as runtime:
+                for key, value in {
+                    **fn.environment_vars,
+                    **moto.env,
+                    **moto.environment_override,
+                }.items():
+                    runtime.setenv(key, value)
+                result = str(module.handler(event, None))
+            moto.results.append(result)
+            return result
+
+        monkeypatch.setattr(LambdaFunction, "invoke", invoke)
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.url,
+            region_name=awsemu.REGION,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def stop(self) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+        self.server.stop()
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessMoto]:
+    server = InProcessMoto(monkeypatch)
+    yield server
+    server.stop()
+
+
+def _network(moto: InProcessMoto) -> tuple[str, list[str]]:
+    ec2 = moto.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.3.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.3.{i}.0/24")["Subnet"]["SubnetId"]
+        for i in (1, 2)
+    ]
+    return vpc, subnets
+
+
+def _wait(what: str, check: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout}s")
+
+
+def _reachable(url: str, moto: InProcessMoto) -> str:
+    """moto's response URL names host.docker.internal, where its Lambda containers
+    would reach it; the worker here reaches it on loopback."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"127.0.0.1:{moto.port}"))
+
+
+def test_a_stack_with_the_resource_completes_when_the_worker_answers(
+    moto: InProcessMoto, pg: localpg.LocalPostgres
+) -> None:
+    vpc, subnets = _network(moto)
+    moto.client("ecs").create_cluster(clusterName="deploys")
+    secret = moto.client("secretsmanager").create_secret(Name="master", SecretString="{}")
+    cfn = moto.client("cloudformation")
+    parameters = {
+        "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/aurora-bootstrap:1.0",
+        "ClusterIdentifier": "prod-aurora",
+        "MasterSecretArn": secret["ARN"],
+        "VpcId": vpc,
+        "Subnets": ",".join(subnets),
+        "IamUsers": "app_user:app_readwrite,report_user:app_readonly",
+        "EcsCluster": "deploys",
+        "BootstrapOnDeploy": "true",
+    }
+    stack_id = cfn.create_stack(
+        StackName="db",
+        TemplateBody=TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM"],
+    )["StackId"]
+    # Scripted: moto keeps an AWS::NoValue in a list as null and its RunTask fails on
+    # it (see test_deploy); the launcher is given the definition registered again
+    # without the nulls, in the stack's family, which its role allows.
+    ecs = moto.client("ecs")
+    made = ecs.describe_task_definition(taskDefinition="aurora-bootstrap-db")["taskDefinition"]
+    registered = _without_nulls(made)
+    registered["containerDefinitions"][0]["memory"] = int(made["memory"])
+    clean = ecs.register_task_definition(**registered)["taskDefinition"]["taskDefinitionArn"]
+    moto.environment_override["TASK_DEFINITION"] = clean
+    moto.ready.set()
+    [event] = _wait("invocation of the launcher", lambda: moto.events[:1])
+    assert (
+        cfn.describe_stacks(StackName=stack_id)["Stacks"][0]["StackStatus"] == "CREATE_IN_PROGRESS"
+    )
+    assert _wait("launcher's result", lambda: moto.results) == ["STARTED"]
+    function = moto.client("lambda").get_function(FunctionName=event["ServiceToken"])
+    assert function["Configuration"]["Runtime"].startswith("python3")
+    # Fargate, played here: the task the launcher started runs the worker.
+    arns = _wait("task", lambda: ecs.list_tasks(cluster="deploys")["taskArns"])
+    [task] = ecs.describe_tasks(cluster="deploys", tasks=arns)["tasks"]
+    assert task["taskDefinitionArn"] == clean and task["startedBy"] == "aurora-bootstrap-cfn"
+    [container] = task["overrides"]["containerOverrides"]
+    request = json.loads(
+        next(e["value"] for e in container["environment"] if e["name"] == "CFN_REQUEST")
+    )
+    assert request["ResourceProperties"] == {
+        "IamUsers": parameters["IamUsers"],
+        "GroupRoles": "",
+        "Prune": "false",
+    }
+    request["ResponseURL"] = _reachable(request["ResponseURL"], moto)
+    run = run_job(job_env(pg, CFN_REQUEST=json.dumps(request)), *container["command"])
+    assert run.code == 0, run
+    assert run.result["response"]["status"] == "SUCCESS"
+    stack = cfn.describe_stacks(StackName=stack_id)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs["ServiceToken"] == event["ServiceToken"]
+    state = catalog(pg)
+    assert members_of(state, "app_user") == {"rds_iam", "app_readwrite"}
+    assert members_of(state, "report_user") == {"rds_iam", "app_readonly"}
+    # The rule CloudFormation made hears this task stopping, and no other. Matched by
+    # moto's own matcher (what its PutEvents uses): moto has no TestEventPattern.
+    rule = moto.client("events").describe_rule(Name=_physical(cfn, stack_id, "LauncherTaskStopped"))
+    pattern = EventPattern(rule["EventPattern"], EventPatternParser(rule["EventPattern"]).parse())
+    stopped = stopped_event(task, None, stoppedReason="CannotPullContainerError")
+    assert pattern.matches_event(stopped)
+    running = stopped | {"detail": stopped["detail"] | {"lastStatus": "RUNNING"}}
+    pipeline = stopped | {"detail": stopped["detail"] | {"startedBy": "aurora-bootstrap"}}
+    elsewhere = stopped | {
+        "detail": stopped["detail"]
+        | {
+            "taskDefinitionArn": f"arn:aws:ecs:{awsemu.REGION}:{awsemu.ACCOUNT}:"
+            "task-definition/aurora-bootstrap-dbx:1"
+        }
+    }
+    for other in (running, pipeline, elsewhere):
+        assert not pattern.matches_event(other)
+
+
+def _physical(cfn: Any, stack_id: str, logical: str) -> str:
+    resources = cfn.describe_stack_resources(StackName=stack_id)["StackResources"]
+    return next(
+        str(r["PhysicalResourceId"]) for r in resources if r.get("LogicalResourceId") == logical
+    )
