@@ -112,7 +112,10 @@ def run_task_bodies(aws: awsemu.Emulator) -> list[dict[str, Any]]:
 def tasks(aws: awsemu.Emulator) -> list[dict[str, Any]]:
     ecs = aws.admin("ecs")
     arns = ecs.list_tasks(cluster=CLUSTER)["taskArns"]
-    return ecs.describe_tasks(cluster=CLUSTER, tasks=arns)["tasks"] if arns else []  # type: ignore[no-any-return]
+    found: list[dict[str, Any]] = (
+        ecs.describe_tasks(cluster=CLUSTER, tasks=arns)["tasks"] if arns else []
+    )
+    return found
 
 
 @pytest.mark.parametrize("request_type", ["Create", "Update"])
