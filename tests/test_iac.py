@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 import types
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +32,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from tests import awsemu
 from tests.conftest import catalog, job_env, members_of, run_job
 from tests.test_deploy import (
+    ROOT,
     TEMPLATE,
     _without_nulls,
     actions,
@@ -97,6 +101,20 @@ def test_the_example_resource_reruns_on_what_should_and_bounds_its_wait() -> Non
     assert data["Outputs"]["ServiceToken"]["Export"] == {
         "Name": {"Fn::Sub": "${AWS::StackName}-ServiceToken"}
     }
+
+
+def test_the_readmes_cloudformation_form_is_cfn_lint_clean(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Inside an IaC deploy", 1)[1]
+    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert "Custom::AuroraBootstrap" in snippet
+    # With a stand-in for the writer instance it waits for.
+    stand_in = "  AuroraInstance:\n    Type: AWS::CloudFormation::WaitConditionHandle\n"
+    stack = tmp_path / "cluster-stack.yaml"
+    stack.write_text('AWSTemplateFormatVersion: "2010-09-09"\n' + snippet + stand_in)
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    done = subprocess.run([str(cfn_lint), str(stack)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 class InProcessMoto:
