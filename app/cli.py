@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -334,8 +335,6 @@ def _custom_resource(request: Request, started: float) -> dict[str, Any]:
     """Create and Update apply with the request's properties over the settings; Delete
     changes nothing (users are never dropped) and needs no setting at all, so that a
     stack can always be deleted."""
-    import os  # noqa: PLC0415
-
     from app import cfnrequest  # noqa: PLC0415
 
     if request.request_type == "Delete":
@@ -548,8 +547,6 @@ def _finish(
 
 
 def _read_request() -> Request:
-    import os  # noqa: PLC0415
-
     from app import cfnrequest  # noqa: PLC0415
 
     request = cfnrequest.parse(os.environ.get(cfnrequest.SETTING))
@@ -579,7 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command not in RESULT_LINE:
             return True
         failed = Outcome[Any](None, error.exit_code, {"type": error.kind, "message": str(error)})
-        return _finish(command, started, failed, dict(error.details), request, blocking=False)
+        finished = _finish(command, started, failed, dict(error.details), request, blocking=False)
+        if finished and failed.exit_code != error.exit_code:
+            os._exit(failed.exit_code)  # an answer that could not be delivered (11)
+        return finished
 
     if command == "iam-auth-server":
         from app import iamauthserver  # noqa: PLC0415

@@ -14,12 +14,15 @@ import urllib.request
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 Request = dict[str, Any]
 
 MAX_OVERRIDES = 8192  # RunTask's limit, JSON included
 # Exit codes after which the task has answered itself.
 ANSWERED = {0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 130, 143}
+# Throttling and 5xx retried within the Lambda's minute (boto3 is botocore's).
+RETRIES = Config(retries={"mode": "standard", "max_attempts": 5})
 KEYS = ("RequestType", "ResponseURL", "StackId", "RequestId", "LogicalResourceId")
 
 
@@ -99,7 +102,7 @@ def launch(req: Request) -> str:
         reason += f"{MAX_OVERRIDES}: give long IamUsers, GroupRoles to the task definition"
         return answer(req, "FAILED", reason)
     try:
-        started = boto3.client("ecs").run_task(**args)
+        started = boto3.client("ecs", config=RETRIES).run_task(**args)
     except Exception as exc:  # noqa: BLE001 (every failure must reach CloudFormation)
         return answer(req, "FAILED", f"RunTask failed: {exc}")
     if started.get("failures") or not started.get("tasks"):

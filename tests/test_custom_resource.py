@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from tests.cfnserver import ResponseServer
 from tests.conftest import Job, catalog, job_env, members_of, role, run_job
+from tests.faultproxy import FaultProxy
 from tests.test_apply import _lock_key
 from tools import localpg
 
@@ -199,6 +201,38 @@ def test_sigterm_while_waiting_for_the_lock_answers_failed_then_exits_143(
     assert answer["Status"] == "FAILED"
     assert "SIGTERM" in answer["Reason"] and "(exit 143)" in answer["Reason"]
     assert role(catalog(pg), "alice") is None
+
+
+def test_a_stop_whose_cleanup_hangs_still_answers_failed_before_the_task_is_killed(
+    pg18: localpg.LocalPostgres, plain_proxy: FaultProxy, cfn: ResponseServer, tmp_path: Path
+) -> None:
+    """SIGTERM while a statement runs, and the network to the database then stalls, so
+    that cancelling the statement hangs: the hard stop answers FAILED and exits 143
+    well within ECS's 30 s before SIGKILL."""
+    script = tmp_path / "init.sql"
+    script.write_text("DO $$ BEGIN RAISE NOTICE 'sleeping'; END $$;\nSELECT pg_sleep(60);\n")
+    env = worker(
+        pg18,
+        cfn_request(cfn.url, IamUsers="alice"),
+        INIT_SQL=str(script),
+        DB_PORT=str(plain_proxy.port),
+        DEADLINE_SECONDS="120",
+    )
+    job = Job(env, "custom-resource")
+    job.wait_for_event("server_notice")
+    time.sleep(0.3)
+    plain_proxy.delay(60)  # the cancel request and every reply from now on
+    signalled = time.monotonic()
+    job.proc.send_signal(signal.SIGTERM)
+    run = job.finish(timeout=40)
+    assert run.code == 143, run
+    assert time.monotonic() - signalled < 20
+    # libpq itself writes one plain line here ("query cancellation failed: ...").
+    events = {json.loads(line)["event"] for line in run.stderr.splitlines() if line[:1] == "{"}
+    assert "hard_stop" in events
+    [put] = cfn.puts
+    assert put.json["Status"] == "FAILED" and "SIGTERM" in put.json["Reason"]
+    assert run.result["response"]["status"] == "FAILED"
 
 
 def test_an_answer_refused_with_5xx_is_sent_again(

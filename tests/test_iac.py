@@ -89,10 +89,15 @@ def test_the_example_resource_reruns_on_what_should_and_bounds_its_wait() -> Non
     props = resource["Properties"]
     assert props["ServiceToken"] == {"Fn::GetAtt": ["Launcher", "Arn"]}
     assert props["ServiceTimeout"] == {"Ref": "BootstrapTimeoutSeconds"}
-    assert {"IamUsers", "GroupRoles", "Prune"} <= props.keys()
-    assert props["Triggers"] == {
-        "Image": {"Ref": "Image"},
-        "TaskDefinition": {"Ref": "TaskDefinition"},
+    # The task definition carries the settings (RunTask's 8 KiB does not bound them);
+    # the launcher's own Triggers are what re-runs the bootstrap.
+    assert set(props) == {"ServiceToken", "ServiceTimeout", "Triggers"}
+    triggers = props["Triggers"]
+    for name in ("Image", "IamUsers", "GroupRoles", "Prune", "TaskDefinition"):
+        assert triggers[name] == {"Ref": name}
+    # The ingress rule, when the stack makes it, is in place before the task connects.
+    assert triggers["DatabaseIngress"] == {
+        "Fn::If": ["HasDatabaseSecurityGroup", {"Ref": "DatabaseIngress"}, "none"]
     }
     # The rule that hears a task that never ran is in place before the first task.
     assert resource["DependsOn"] == "LauncherTaskStoppedPermission"
@@ -260,13 +265,19 @@ def test_a_stack_with_the_resource_completes_when_the_worker_answers(
     request = json.loads(
         next(e["value"] for e in container["environment"] if e["name"] == "CFN_REQUEST")
     )
-    assert request["ResourceProperties"] == {
-        "IamUsers": parameters["IamUsers"],
-        "GroupRoles": "",
-        "Prune": "false",
-    }
+    # The settings come from the task definition; the Triggers stayed with the launcher.
+    assert request["ResourceProperties"] == {}
     request["ResponseURL"] = _reachable(request["ResponseURL"], moto)
-    run = run_job(job_env(pg, CFN_REQUEST=json.dumps(request)), *container["command"])
+    # The task definition's environment, but for where the database is: moto runs no
+    # container and has no Aurora, so the local server stands in for DB_CLUSTER_ID.
+    [defined] = ecs.describe_task_definition(taskDefinition=clean)["taskDefinition"][
+        "containerDefinitions"
+    ]
+    settings = {e["name"]: e["value"] for e in defined["environment"]}
+    assert settings["IAM_USERS"] == parameters["IamUsers"]
+    del settings["DB_CLUSTER_ID"]  # managed-secret: the cluster is all it names
+    env = job_env(pg, CFN_REQUEST=json.dumps(request), **settings)
+    run = run_job(env, *container["command"])
     assert run.code == 0, run
     assert run.result["response"]["status"] == "SUCCESS"
     stack = cfn.describe_stacks(StackName=stack_id)["Stacks"][0]

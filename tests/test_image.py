@@ -493,3 +493,22 @@ def test_the_readmes_docker_path_logs_in_with_a_token_using_docker_and_psql_alon
         assert token not in logs
     finally:
         _stack("down", "-v", env=env)
+
+
+def test_image_is_the_custom_resources_worker(pg15: localpg.LocalPostgres) -> None:
+    """As the launcher runs it: command custom-resource, the request in CFN_REQUEST;
+    the answer reaches a loopback stand-in for the pre-signed URL (host network)."""
+    from tests.cfnserver import ResponseServer  # noqa: PLC0415
+    from tests.test_custom_resource import cfn_request  # noqa: PLC0415
+
+    server = ResponseServer()
+    try:
+        request = cfn_request(server.url, IamUsers="cfn_user:app_readonly")
+        done = run_image(pg15, "custom-resource", CFN_REQUEST=request)
+        assert done.returncode == 0, done.stdout + done.stderr
+        [put] = server.puts
+        assert put.json["Status"] == "SUCCESS"
+        assert put.json["Data"]["Changes"] == str(len(result(done)["changes"]))  # type: ignore[arg-type]
+        assert members_of(catalog(pg15), "cfn_user") == {"rds_iam", "app_readonly"}
+    finally:
+        server.stop()
