@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -120,6 +122,137 @@ def test_the_readmes_cloudformation_form_is_cfn_lint_clean(tmp_path: Path) -> No
     cfn_lint = Path(sys.executable).parent / "cfn-lint"
     done = subprocess.run([str(cfn_lint), str(stack)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+_CDK_APP = """import * as cdk from "aws-cdk-lib";
+import { Construct } from "constructs";
+
+class ClusterStack extends cdk.Stack {
+  constructor(scope: Construct, id: string) {
+    super(scope, id);
+    const groupRoles = { app_readwrite: [{ schemas: ["public"], access: "write" }] };
+    const imageUri = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/aurora-bootstrap:1.4.0";
+    const writerInstance = new cdk.CfnWaitConditionHandle(this, "Writer");
+SNIPPET
+  }
+}
+
+const app = new cdk.App();  // writes to CDK_OUTDIR
+new ClusterStack(app, "Cluster");
+app.synth();
+"""
+
+
+def test_the_readmes_cdk_form_compiles_and_synthesizes_a_lint_clean_template(
+    tmp_path: Path,
+) -> None:
+    """The README's CDK lines, type-checked by tsc against aws-cdk-lib (from
+    package-lock.json) in a stack with stand-ins for what they name (the group roles,
+    the image, the writer instance), synthesized by node, and the template cfn-lint."""
+    modules = ROOT / "node_modules"
+    tsc = modules / ".bin" / "tsc"
+    if not tsc.exists():
+        pytest.fail("run npm ci: package-lock.json installs aws-cdk-lib and typescript")
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Inside an IaC deploy", 1)[1]
+    snippet = section.split("```ts\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "node_modules").symlink_to(modules)
+    (tmp_path / "app.ts").write_text(_CDK_APP.replace("SNIPPET", snippet))
+    compiled = subprocess.run(
+        # skipLibCheck as CDK's own project template: the snippet is still checked
+        # against aws-cdk-lib's declarations.
+        [
+            str(tsc),
+            "--strict",
+            "--skipLibCheck",
+            "--target",
+            "es2022",
+            "--module",
+            "commonjs",
+            "app.ts",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    out = tmp_path / "cdk.out"
+    synth = subprocess.run(
+        ["node", "app.js"],
+        cwd=tmp_path,
+        env={**os.environ, "CDK_OUTDIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert synth.returncode == 0, synth.stdout + synth.stderr
+    synthesized = out / "Cluster.template.json"
+    data = json.loads(synthesized.read_text())
+    [resource] = [r for r in data["Resources"].values() if r["Type"] == "Custom::AuroraBootstrap"]
+    props = resource["Properties"]
+    assert props["ServiceToken"] == {"Fn::ImportValue": "aurora-bootstrap-prod-ServiceToken"}
+    assert str(props["ServiceTimeout"]) == "900"  # CDK writes it as a string
+    assert set(props) == {"ServiceToken", "ServiceTimeout", "IamUsers", "GroupRoles", "Triggers"}
+    assert json.loads(props["GroupRoles"]) == {
+        "app_readwrite": [{"schemas": ["public"], "access": "write"}]
+    }
+    assert resource["DependsOn"] == ["Writer"]
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    linted = subprocess.run(
+        [str(cfn_lint), str(synthesized)], capture_output=True, text=True, check=False
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+_TF_VARIABLES = """
+variable "iam_users" { type = string }
+variable "group_roles" { type = string }
+variable "image" { type = string }
+variable "ecs_cluster" { type = string }
+variable "task_definition_arn" { type = string }
+variable "subnets" { type = list(string) }
+variable "task_security_group_id" { type = string }
+"""
+
+
+def test_the_readmes_terraform_form_is_formatted_and_valid(tmp_path: Path) -> None:
+    """terraform fmt and validate, where a Terraform binary is on the machine (none is
+    installed for this: the check is skipped without one). The writer instance it
+    waits for is stood in by a terraform_data, so that no provider is downloaded."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("no terraform binary on this machine")
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Inside an IaC deploy", 1)[1]
+    snippet = section.split("```hcl\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "bootstrap.tf").write_text(snippet)
+    config = tmp_path / "terraformrc"
+    config.write_text("")
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(config), "TF_IN_AUTOMATION": "1"}
+
+    def tf(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [terraform, *args, "-no-color"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    formatted = tf("fmt", "-check", "-diff")
+    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
+    stand_in = snippet.replace("aws_rds_cluster_instance.writer", "terraform_data.writer")
+    (tmp_path / "bootstrap.tf").write_text(
+        stand_in + 'resource "terraform_data" "writer" {}\n' + _TF_VARIABLES
+    )
+    for step in (("init", "-backend=false", "-input=false"), ("validate",)):
+        done = tf(*step)
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 class InProcessMoto:
