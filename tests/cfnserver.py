@@ -6,11 +6,36 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tests.conftest import SECRETS
+
+STACK = (
+    "arn:aws:cloudformation:us-east-1:123456789012:stack/db/5b0a1e40-9f3c-11ef-8a51-0a1b2c3d4e5f"
+)
+TOKEN = "arn:aws:lambda:us-east-1:123456789012:function:db-AuroraBootstrapLauncher"
+
+
+def request(
+    url: str, request_type: str = "Create", physical: str | None = None, **properties: Any
+) -> dict[str, Any]:
+    """A custom resource request for Custom::AuroraBootstrap, as CloudFormation sends it."""
+    sent: dict[str, Any] = {
+        "RequestType": request_type,
+        "ServiceToken": TOKEN,
+        "ResponseURL": url,
+        "StackId": STACK,
+        "RequestId": str(uuid.uuid4()),
+        "LogicalResourceId": "DatabaseUsers",
+        "ResourceType": "Custom::AuroraBootstrap",
+        "ResourceProperties": {"ServiceToken": TOKEN, **properties},
+    }
+    if physical is not None:
+        sent["PhysicalResourceId"] = physical
+    return sent
 
 
 @dataclass

@@ -7,23 +7,18 @@ from __future__ import annotations
 import json
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cfnserver import ResponseServer
+from tests import cfnserver
+from tests.cfnserver import STACK, ResponseServer
 from tests.conftest import Job, catalog, job_env, members_of, role, run_job
 from tests.faultproxy import FaultProxy
 from tests.test_apply import _lock_key
 from tools import localpg
-
-STACK = (
-    "arn:aws:cloudformation:us-east-1:123456789012:stack/db/5b0a1e40-9f3c-11ef-8a51-0a1b2c3d4e5f"
-)
-TOKEN = "arn:aws:lambda:us-east-1:123456789012:function:db-AuroraBootstrapLauncher"
 
 
 @pytest.fixture
@@ -36,19 +31,8 @@ def cfn() -> Iterator[ResponseServer]:
 def cfn_request(
     url: str, request_type: str = "Create", physical: str | None = None, **properties: Any
 ) -> str:
-    request: dict[str, Any] = {
-        "RequestType": request_type,
-        "ServiceToken": TOKEN,
-        "ResponseURL": url,
-        "StackId": STACK,
-        "RequestId": str(uuid.uuid4()),
-        "LogicalResourceId": "DatabaseUsers",
-        "ResourceType": "Custom::AuroraBootstrap",
-        "ResourceProperties": {"ServiceToken": TOKEN, **properties},
-    }
-    if physical is not None:
-        request["PhysicalResourceId"] = physical
-    return json.dumps(request)
+    """The request as CFN_REQUEST carries it."""
+    return json.dumps(cfnserver.request(url, request_type, physical, **properties))
 
 
 def worker(pg: localpg.LocalPostgres | None, request: str, **env: str) -> dict[str, str]:
@@ -224,7 +208,16 @@ def test_a_stop_whose_cleanup_hangs_still_answers_failed_before_the_task_is_kill
     plain_proxy.delay(60)  # the cancel request and every reply from now on
     signalled = time.monotonic()
     job.proc.send_signal(signal.SIGTERM)
-    run = job.finish(timeout=40)
+    try:
+        run = job.finish(timeout=40)
+    finally:
+        # The statement the cancel never reached still sleeps on the server, holding
+        # the lock; the server would notice the lost client only when it ends.
+        with pg18.superuser_connect() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'SELECT pg_sleep(60)%'"
+            )
     assert run.code == 143, run
     assert time.monotonic() - signalled < 20
     # libpq itself writes one plain line here ("query cancellation failed: ...").

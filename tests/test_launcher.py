@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from app import cfnrequest
-from tests import awsemu
-from tests.cfnserver import ResponseServer
-from tests.test_custom_resource import STACK, TOKEN
+from tests import awsemu, cfnserver
+from tests.cfnserver import TOKEN, ResponseServer
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "deploy" / "launcher.py"
@@ -80,23 +79,12 @@ def ecs(aws: awsemu.Emulator, monkeypatch: pytest.MonkeyPatch) -> awsemu.Emulato
 
 
 def event(url: str, request_type: str = "Create", **properties: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "RequestType": request_type,
-        "ServiceToken": TOKEN,
-        "ResponseURL": url,
-        "StackId": STACK,
-        "RequestId": str(uuid.uuid4()),
-        "LogicalResourceId": "DatabaseUsers",
-        "ResourceType": "Custom::AuroraBootstrap",
-        "ResourceProperties": {
-            "ServiceToken": TOKEN,
-            "ServiceTimeout": "900",
-            "Triggers": {"Image": "aurora-bootstrap:1.0"},
-            **properties,
-        },
-    }
+    """The request as CloudFormation invokes the launcher with it: also with its own
+    and the launcher's properties, and on Update the old ones."""
+    physical = None if request_type == "Create" else "aurora-bootstrap-DatabaseUsers-0123"
+    own = {"ServiceTimeout": "900", "Triggers": {"Image": "aurora-bootstrap:1.0"}}
+    request = cfnserver.request(url, request_type, physical, **own, **properties)
     if request_type != "Create":
-        request["PhysicalResourceId"] = "aurora-bootstrap-DatabaseUsers-0123456789abcdef"
         request["OldResourceProperties"] = {"ServiceToken": TOKEN, "IamUsers": "old_user"}
     return request
 
