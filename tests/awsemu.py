@@ -40,6 +40,20 @@ def client_env(endpoint: str) -> dict[str, str]:
     }
 
 
+def fargate_network(ec2: Any, prefix: str, subnets: int = 1) -> tuple[str, list[str], str]:
+    """A VPC as Fargate needs it, with DNS host names (moto's RunTask names the task's
+    ENI by its DNS name, and fails without), `subnets` subnets and a security group:
+    (vpc, subnet ids, group id). `prefix` is the CIDR's first two octets."""
+    vpc = ec2.create_vpc(CidrBlock=f"{prefix}.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    made = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"{prefix}.{i}.0/24")["Subnet"]["SubnetId"]
+        for i in range(1, subnets + 1)
+    ]
+    group = ec2.create_security_group(GroupName="task", Description="task", VpcId=vpc)["GroupId"]
+    return vpc, made, str(group)
+
+
 class MotoServer:
     def __init__(self, logdir: Path) -> None:
         self.port = free_port()

@@ -15,7 +15,7 @@ import pytest
 
 from tests import cfnserver
 from tests.cfnserver import STACK, ResponseServer
-from tests.conftest import Job, catalog, job_env, members_of, role, run_job
+from tests.conftest import Job, JobRun, catalog, job_env, members_of, role, run_job
 from tests.faultproxy import FaultProxy
 from tests.test_apply import _lock_key
 from tools import localpg
@@ -133,15 +133,20 @@ def test_a_bad_property_fails_the_request_naming_it(
     assert catalog(pg) == before
 
 
+def run_with_init_sql(
+    pg: localpg.LocalPostgres, cfn: ResponseServer, script: Path, text: str
+) -> JobRun:
+    """A Create for alice, with `text` as INIT_SQL."""
+    script.write_text(text)
+    request = cfn_request(cfn.url, IamUsers="alice")
+    return run_job(worker(pg, request, INIT_SQL=str(script)), "custom-resource")
+
+
 def test_a_failing_init_sql_answers_failed_with_file_and_line(
     pg: localpg.LocalPostgres, cfn: ResponseServer, tmp_path: Path
 ) -> None:
-    script = tmp_path / "init.sql"
-    script.write_text("CREATE ROLE made_then_undone;\nSELECT 1 / 0;\n")
-    run = run_job(
-        worker(pg, cfn_request(cfn.url, IamUsers="alice"), INIT_SQL=str(script)),
-        "custom-resource",
-    )
+    script = "CREATE ROLE made_then_undone;\nSELECT 1 / 0;\n"
+    run = run_with_init_sql(pg, cfn, tmp_path / "init.sql", script)
     assert run.code == 6, run
     answer = cfn.puts[0].json
     assert answer["Status"] == "FAILED"
@@ -152,13 +157,9 @@ def test_a_failing_init_sql_answers_failed_with_file_and_line(
 def test_a_long_error_is_cut_so_the_body_stays_within_4096_bytes(
     pg: localpg.LocalPostgres, cfn: ResponseServer, tmp_path: Path
 ) -> None:
-    script = tmp_path / "init.sql"
     # Non-ASCII too: JSON escapes it, so the cut must count bytes as sent.
-    script.write_text("DO $$ BEGIN RAISE EXCEPTION '%', repeat('é—x', 4000); END $$;\n")
-    run = run_job(
-        worker(pg, cfn_request(cfn.url, IamUsers="alice"), INIT_SQL=str(script)),
-        "custom-resource",
-    )
+    script = "DO $$ BEGIN RAISE EXCEPTION '%', repeat('é—x', 4000); END $$;\n"
+    run = run_with_init_sql(pg, cfn, tmp_path / "init.sql", script)
     assert run.code == 6, run
     [put] = cfn.puts
     assert 3500 < len(put.body) <= 4096, len(put.body)

@@ -23,11 +23,7 @@ JOB_RESULT = {"command": "apply", "status": "ok", "exit_code": 0, "changes": [],
 
 
 def setup_ecs(aws: awsemu.Emulator) -> dict[str, str]:
-    ec2 = aws.admin("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="job", Description="job", VpcId=vpc)["GroupId"]
+    _vpc, [subnet], group = awsemu.fargate_network(aws.admin("ec2"), "10.0")
     aws.admin("ecs").create_cluster(clusterName=CLUSTER)
     aws.admin("logs").create_log_group(logGroupName=GROUP)
     aws.admin("ecs").register_task_definition(

@@ -110,18 +110,34 @@ def test_the_example_resource_reruns_on_what_should_and_bounds_its_wait() -> Non
     }
 
 
-def test_the_readmes_cloudformation_form_is_cfn_lint_clean(tmp_path: Path) -> None:
+def _readme_snippet(language: str) -> str:
+    """The first `language` block of the README's "Inside an IaC deploy"."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Inside an IaC deploy", 1)[1]
-    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def _passes(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> None:
+    """Run a checker; it must exit 0, else its output is the failure."""
+    done = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+CFN_LINT = str(Path(sys.executable).parent / "cfn-lint")
+
+
+def test_the_readmes_cloudformation_form_is_cfn_lint_clean(tmp_path: Path) -> None:
+    snippet = _readme_snippet("yaml")
     assert "Custom::AuroraBootstrap" in snippet
     # With a stand-in for the writer instance it waits for.
     stand_in = "  AuroraInstance:\n    Type: AWS::CloudFormation::WaitConditionHandle\n"
     stack = tmp_path / "cluster-stack.yaml"
     stack.write_text('AWSTemplateFormatVersion: "2010-09-09"\n' + snippet + stand_in)
-    cfn_lint = Path(sys.executable).parent / "cfn-lint"
-    done = subprocess.run([str(cfn_lint), str(stack)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    _passes(CFN_LINT, str(stack))
 
 
 _CDK_APP = """import * as cdk from "aws-cdk-lib";
@@ -153,42 +169,14 @@ def test_the_readmes_cdk_form_compiles_and_synthesizes_a_lint_clean_template(
     tsc = modules / ".bin" / "tsc"
     if not tsc.exists():
         pytest.fail("run npm ci: package-lock.json installs aws-cdk-lib and typescript")
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Inside an IaC deploy", 1)[1]
-    snippet = section.split("```ts\n", 1)[1].split("```", 1)[0]
     (tmp_path / "node_modules").symlink_to(modules)
-    (tmp_path / "app.ts").write_text(_CDK_APP.replace("SNIPPET", snippet))
-    compiled = subprocess.run(
-        # skipLibCheck as CDK's own project template: the snippet is still checked
-        # against aws-cdk-lib's declarations.
-        [
-            str(tsc),
-            "--strict",
-            "--skipLibCheck",
-            "--target",
-            "es2022",
-            "--module",
-            "commonjs",
-            "app.ts",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    (tmp_path / "app.ts").write_text(_CDK_APP.replace("SNIPPET", _readme_snippet("ts")))
+    # skipLibCheck as CDK's own project template: the snippet is still checked against
+    # aws-cdk-lib's declarations.
+    strict = ("--strict", "--skipLibCheck", "--target", "es2022", "--module", "commonjs")
+    _passes(str(tsc), *strict, "app.ts", cwd=tmp_path)
     out = tmp_path / "cdk.out"
-    synth = subprocess.run(
-        ["node", "app.js"],
-        cwd=tmp_path,
-        env={**os.environ, "CDK_OUTDIR": str(out)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert synth.returncode == 0, synth.stdout + synth.stderr
+    _passes("node", "app.js", cwd=tmp_path, env={**os.environ, "CDK_OUTDIR": str(out)})
     synthesized = out / "Cluster.template.json"
     data = json.loads(synthesized.read_text())
     [resource] = [r for r in data["Resources"].values() if r["Type"] == "Custom::AuroraBootstrap"]
@@ -200,11 +188,7 @@ def test_the_readmes_cdk_form_compiles_and_synthesizes_a_lint_clean_template(
         "app_readwrite": [{"schemas": ["public"], "access": "write"}]
     }
     assert resource["DependsOn"] == ["Writer"]
-    cfn_lint = Path(sys.executable).parent / "cfn-lint"
-    linted = subprocess.run(
-        [str(cfn_lint), str(synthesized)], capture_output=True, text=True, check=False
-    )
-    assert linted.returncode == 0, linted.stdout + linted.stderr
+    _passes(CFN_LINT, str(synthesized))
 
 
 _TF_VARIABLES = """
@@ -225,34 +209,22 @@ def test_the_readmes_terraform_form_is_formatted_and_valid(tmp_path: Path) -> No
     terraform = shutil.which("terraform")
     if terraform is None:
         pytest.skip("no terraform binary on this machine")
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Inside an IaC deploy", 1)[1]
-    snippet = section.split("```hcl\n", 1)[1].split("```", 1)[0]
+    snippet = _readme_snippet("hcl")
     (tmp_path / "bootstrap.tf").write_text(snippet)
     config = tmp_path / "terraformrc"
     config.write_text("")
     env = {**os.environ, "TF_CLI_CONFIG_FILE": str(config), "TF_IN_AUTOMATION": "1"}
 
-    def tf(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [terraform, *args, "-no-color"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+    def tf(*args: str) -> None:
+        _passes(terraform, *args, "-no-color", cwd=tmp_path, env=env, timeout=120)
 
-    formatted = tf("fmt", "-check", "-diff")
-    assert formatted.returncode == 0, formatted.stdout + formatted.stderr
+    tf("fmt", "-check", "-diff")
     stand_in = snippet.replace("aws_rds_cluster_instance.writer", "terraform_data.writer")
     (tmp_path / "bootstrap.tf").write_text(
         stand_in + 'resource "terraform_data" "writer" {}\n' + _TF_VARIABLES
     )
-    for step in (("init", "-backend=false", "-input=false"), ("validate",)):
-        done = tf(*step)
-        assert done.returncode == 0, done.stdout + done.stderr
+    tf("init", "-backend=false", "-input=false")
+    tf("validate")
 
 
 class InProcessMoto:
@@ -322,17 +294,6 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessMoto]:
     server.stop()
 
 
-def _network(moto: InProcessMoto) -> tuple[str, list[str]]:
-    ec2 = moto.client("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.3.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.3.{i}.0/24")["Subnet"]["SubnetId"]
-        for i in (1, 2)
-    ]
-    return vpc, subnets
-
-
 def _wait(what: str, check: Any, timeout: float = 30) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -353,7 +314,7 @@ def _reachable(url: str, moto: InProcessMoto) -> str:
 def test_a_stack_with_the_resource_completes_when_the_worker_answers(
     moto: InProcessMoto, pg: localpg.LocalPostgres
 ) -> None:
-    vpc, subnets = _network(moto)
+    vpc, subnets, _group = awsemu.fargate_network(moto.client("ec2"), "10.3", subnets=2)
     moto.client("ecs").create_cluster(clusterName="deploys")
     secret = moto.client("secretsmanager").create_secret(Name="master", SecretString="{}")
     cfn = moto.client("cloudformation")

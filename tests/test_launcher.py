@@ -50,12 +50,7 @@ def cfn() -> Iterator[ResponseServer]:
 def ecs(aws: awsemu.Emulator, monkeypatch: pytest.MonkeyPatch) -> awsemu.Emulator:
     """A cluster, a task definition and a network, and the launcher's environment as
     the template sets it; boto3 in this process reaches moto through the proxy."""
-    ec2 = aws.admin("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.2.0.0/16")["Vpc"]["VpcId"]
-    # As Fargate needs (and moto's RunTask too, which names the task's ENI by its DNS name).
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.2.1.0/24")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="task", Description="task", VpcId=vpc)["GroupId"]
+    _vpc, [subnet], group = awsemu.fargate_network(aws.admin("ec2"), "10.2")
     aws.admin("ecs").create_cluster(clusterName=CLUSTER)
     definition = aws.admin("ecs").register_task_definition(
         family=FAMILY,
