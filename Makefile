@@ -82,7 +82,7 @@ format: install ## apply ruff's formatting and fixes
 
 node_modules/.bin/asl-validator: package-lock.json
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error >&2; \
-	else echo "npm missing: the state machine definition's check is skipped" >&2; fi
+	else echo "npm missing: the checks of the state machine definition and the CDK form are skipped" >&2; fi
 
 test: install venv-newest system-deps lint node_modules/.bin/asl-validator ## lint, then every test on PostgreSQL 15 and 18
 	$(BIN)/pytest

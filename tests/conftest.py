@@ -188,6 +188,16 @@ class JobRun:
         return f"exit {self.code}\nstdout: {self.stdout}\nstderr: {self.stderr}"
 
 
+def npm_tool(name: str) -> Path:
+    """A tool package-lock.json installs (node_modules/.bin); in CI it must be there,
+    elsewhere its check is skipped without it."""
+    tool = ROOT / "node_modules" / ".bin" / name
+    if not tool.exists():
+        message = f"{name} is not installed: npm ci (package-lock.json)"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+    return tool
+
+
 def job_env(server: localpg.LocalPostgres | None = None, /, **overrides: str) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

@@ -21,7 +21,7 @@ import yaml
 from cfnlint.decode import decode
 
 from tests import awsemu
-from tests.conftest import IN_CI, job_env, run_job
+from tests.conftest import job_env, npm_tool, run_job
 from tests.test_deploy import actions, run_build_commands, statements
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,11 +31,7 @@ CONTAINER = "bootstrap"
 
 
 def _asl_validator() -> Path:
-    tool = ROOT / "node_modules" / ".bin" / "asl-validator"
-    if not tool.exists():
-        message = "asl-validator is not installed: npm ci (package-lock.json)"
-        pytest.fail(message) if IN_CI else pytest.skip(message)
-    return tool
+    return npm_tool("asl-validator")
 
 
 def test_the_definition_is_valid_and_the_validator_would_say_otherwise(tmp_path: Path) -> None:

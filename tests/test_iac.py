@@ -32,7 +32,7 @@ from moto.events.models import EventPattern, EventPatternParser
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from tests import awsemu
-from tests.conftest import catalog, job_env, members_of, run_job
+from tests.conftest import catalog, job_env, members_of, npm_tool, run_job
 from tests.test_deploy import (
     ROOT,
     TEMPLATE,
@@ -165,10 +165,8 @@ def test_the_readmes_cdk_form_compiles_and_synthesizes_a_lint_clean_template(
     """The README's CDK lines, type-checked by tsc against aws-cdk-lib (from
     package-lock.json) in a stack with stand-ins for what they name (the group roles,
     the image, the writer instance), synthesized by node, and the template cfn-lint."""
+    tsc = npm_tool("tsc")
     modules = ROOT / "node_modules"
-    tsc = modules / ".bin" / "tsc"
-    if not tsc.exists():
-        pytest.fail("run npm ci: package-lock.json installs aws-cdk-lib and typescript")
     (tmp_path / "node_modules").symlink_to(modules)
     (tmp_path / "app.ts").write_text(_CDK_APP.replace("SNIPPET", _readme_snippet("ts")))
     # skipLibCheck as CDK's own project template: the snippet is still checked against
