@@ -15,7 +15,7 @@ PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
 ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
-.PHONY: help install venv-newest image-current system-deps run db-stop test lint format template clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench bench-privileges
+.PHONY: help install venv-newest image-current system-deps run db-stop test lint docs format template clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench bench-privileges
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,7 +35,9 @@ install: $(BIN)/aurora-bootstrap ## make .venv from the lock file, with the app 
 # package installed from the lock into .venv-newest, for the tests that must pass on it.
 NEWEST_PYTHON ?= $(shell ls -d "$$(pyenv root 2>/dev/null || echo "$${PYENV_ROOT:-$$HOME/.pyenv}")"/versions/3.* 2>/dev/null | sort -V | tail -n 1)/bin/python
 NEWEST := .venv-newest
-$(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap $(wildcard app/*.py) $(wildcard sql/*.sql) README.md
+# What goes into the package: its code, the SQL it ships, and the reference page --help names.
+PACKAGE_INPUTS := $(shell find app -name '*.py') $(wildcard sql/*.sql sql/report/*.sql) docs/reference.md
+$(NEWEST)/bin/aurora-bootstrap: requirements.lock pyproject.toml $(BIN)/aurora-bootstrap $(PACKAGE_INPUTS)
 	@echo "make: building $(NEWEST) with $(NEWEST_PYTHON)" >&2
 	@test -x "$(NEWEST_PYTHON)" || { echo "make: no newer Python found (NEWEST_PYTHON=...): its tests are skipped" >&2; exit 0; }
 	@rm -rf $(NEWEST) && "$(NEWEST_PYTHON)" -m venv $(NEWEST) >&2
@@ -73,6 +75,9 @@ lint: install ## ruff, mypy --strict, and the template carrying deploy/launcher.
 	$(BIN)/mypy
 	$(BIN)/python -m tools.embed_launcher --check
 
+docs: install ## build the docs site into site/ (mkdocs --strict: a broken link or anchor fails it)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 template: install ## write deploy/launcher.py into deploy/cloudformation.yaml (its inline code)
 	$(BIN)/python -m tools.embed_launcher
 
@@ -84,7 +89,7 @@ node_modules/.bin/asl-validator: package-lock.json
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error >&2; \
 	else echo "npm missing: the checks of the state machine definition and the CDK form are skipped" >&2; fi
 
-test: install venv-newest system-deps lint node_modules/.bin/asl-validator ## lint, then every test on PostgreSQL 15 and 18
+test: install venv-newest system-deps lint docs node_modules/.bin/asl-validator ## lint, build the docs, then every test on PostgreSQL 15 and 18
 	$(BIN)/pytest
 
 wheels: install ## the image's wheelhouse: locked dependencies and the app's wheel
@@ -105,15 +110,15 @@ image: wheels ca-check ## build the image (BASE_IMAGE=..., IMAGE=..., PLATFORM=l
 	@docker build --network=none --platform $(PLATFORM) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		-t $(IMAGE) . >&2 || { echo "make: the image did not build. Where $(BASE_IMAGE) cannot be" \
 		"pulled (no registry), build on a local base: make image BASE_IMAGE=local/bookworm-python:12," \
-		"after making it as docker/ci-engine.sh does (debootstrap, then docker import; README," \
+		"after making it as docker/ci-engine.sh does (debootstrap, then docker import; docs/docker.md," \
 		"'Build the image')" >&2; exit 1; }
 	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes' >&2
 	@touch $(IMAGE_STAMP)
 
 # The image is rebuilt for compose only when what goes into it changed (or it is gone).
 IMAGE_STAMP := .image-$(subst /,_,$(subst :,_,$(IMAGE)))
-IMAGE_INPUTS := Dockerfile .dockerignore requirements.lock pyproject.toml README.md \
-	$(wildcard sql/*.sql) ca/rds-global-bundle.pem docker/trim-image.py $(wildcard app/*.py)
+IMAGE_INPUTS := Dockerfile .dockerignore requirements.lock pyproject.toml $(PACKAGE_INPUTS) \
+	ca/rds-global-bundle.pem docker/trim-image.py
 image-current:
 	@if ! docker image inspect $(IMAGE) >/dev/null 2>&1 || [ ! -f $(IMAGE_STAMP) ] || \
 		[ -n "$$(find $(IMAGE_INPUTS) -newer $(IMAGE_STAMP) 2>/dev/null)" ]; then \
@@ -139,4 +144,4 @@ bench-privileges: install ## GROUP_ROLES over BENCH_TABLES tables against psql t
 
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove
-	rm -rf $(VENV) $(NEWEST) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis wheels
+	rm -rf $(VENV) $(NEWEST) .local .mypy_cache .ruff_cache .pytest_cache .hypothesis wheels site

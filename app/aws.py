@@ -1,19 +1,20 @@
-"""AWS: the master login from Secrets Manager or the cluster, IAM tokens, the policy.
+"""AWS under the job's retry policy: clients, which failures are worth retrying, and
+the few calls more than one wing makes (the cluster, a secret, an IAM auth token).
 
 Imported only when a setting needs AWS, so local runs never load the SDK. botocore's
 own retrying is turned off: every call goes through the job's one retry policy, so
-each retry is logged and all of them share DEADLINE_SECONDS.
+each retry is logged and all of them share the run's deadline. What the answers
+mean for the login (which source wins, what a secret must hold) is `app.login`'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import boto3
 import botocore.exceptions as bx
@@ -23,9 +24,7 @@ from botocore.waiter import WaiterModel
 
 from app import log, retry
 from app.errors import AwsAccessDenied, AwsError, ConfigError
-from app.login import DEFAULT_PORT, MasterLogin
 from app.retry import Deadline
-from app.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_rds import RDSClient
@@ -105,7 +104,7 @@ class Cluster:
     identifier: str
     arn: str
     endpoint: str
-    port: int
+    port: int | None
     master_username: str
     resource_id: str
     secret_arn: str | None
@@ -119,15 +118,6 @@ class Cluster:
         # arn:PARTITION:rds:REGION:ACCOUNT:cluster:ID
         parts = self.arn.split(":")
         return parts[1], parts[3], parts[4]
-
-
-@dataclass(frozen=True)
-class SecretLogin:
-    username: str
-    password: str
-    host: str | None
-    port: int | None
-    dbname: str | None
 
 
 class Aws:
@@ -224,7 +214,7 @@ class Aws:
                 identifier=identifier,
                 arn=found["DBClusterArn"],
                 endpoint=found["Endpoint"],
-                port=int(found.get("Port") or DEFAULT_PORT),
+                port=int(found["Port"]) if found.get("Port") else None,
                 master_username=found["MasterUsername"],
                 resource_id=found["DbClusterResourceId"],
                 secret_arn=secret.get("SecretArn"),
@@ -278,7 +268,8 @@ class Aws:
         log.register_secret(token)
         return token
 
-    def secret(self, secret_id: str) -> SecretLogin:
+    def secret_string(self, secret_id: str) -> str | None:
+        """The secret's SecretString (None when it holds binary data), never logged."""
         response = self.call(
             lambda: self.secretsmanager.get_secret_value(SecretId=secret_id),
             what=f"reading secret {secret_id}",
@@ -286,179 +277,4 @@ class Aws:
         )
         text = response.get("SecretString")
         log.register_secret(text)
-        return parse_secret(secret_id, text)
-
-
-def parse_secret(secret_id: str, text: str | None) -> SecretLogin:
-    """The login in a secret's JSON; its problems are named, its values never shown."""
-    if text is None:
-        raise AwsError(f"secret {secret_id} holds binary data, not a JSON string")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AwsError(
-            f"secret {secret_id} is not JSON ({exc.msg} at character {exc.pos}); "
-            'expected {"username": ..., "password": ...}'
-        ) from None
-    if not isinstance(data, dict):
-        raise AwsError(f"secret {secret_id} is JSON but not an object")
-    missing = [
-        k for k in ("username", "password") if not isinstance(data.get(k), str) or not data[k]
-    ]
-    if missing:
-        raise AwsError(f"secret {secret_id} lacks {' and '.join(missing)} (non-empty strings)")
-    log.register_secret(data["password"])
-    port = data.get("port")
-    try:
-        port_number = int(port) if port not in (None, "") else None
-    except (TypeError, ValueError):
-        raise AwsError(f"secret {secret_id} has a port that is not a number") from None
-    return SecretLogin(
-        username=data["username"],
-        password=data["password"],
-        host=data.get("host") or None,
-        port=port_number,
-        dbname=data.get("dbname") or None,
-    )
-
-
-def resolve_login(settings: Settings, deadline: Deadline, *, plan: bool = False) -> MasterLogin:
-    """The spec's order: DB_PASSWORD, else DB_SECRET_ARN, else the cluster's managed
-    secret; or, with DB_IAM_AUTH (or a cluster whose master is IAM-only), a token.
-    Explicit DB_* settings override what is discovered."""
-    aws = Aws(deadline)
-    enable = ("plan" if plan else "apply") if settings.enable_iam_auth else None
-    cluster = (
-        aws.cluster(settings.db_cluster_id, enable_iam_auth=enable)
-        if settings.db_cluster_id
-        else None
-    )
-    if _by_token(settings, cluster):
-        return _token_login(settings, aws, cluster)
-    prior = list(cluster.changes) if cluster else []
-    secret_id = settings.db_secret_arn or (cluster.secret_arn if cluster else None)
-    secret: SecretLogin | None = None
-    if settings.db_password is None:
-        if secret_id is None:
-            raise AwsError(
-                f"cluster {settings.db_cluster_id} has no managed master secret "
-                "(ManageMasterUserPassword is off): set DB_SECRET_ARN or DB_PASSWORD"
-            )
-        secret = aws.secret(secret_id)
-
-    def pick(explicit: Any, from_secret: Any, from_cluster: Any, setting: str) -> Any:
-        for value in (explicit, from_secret, from_cluster):
-            if value is not None:
-                return value
-        raise ConfigError(setting, "not set, and neither the secret nor a cluster provides it")
-
-    host = pick(
-        settings.db_host,
-        secret.host if secret else None,
-        cluster.endpoint if cluster else None,
-        "DB_HOST",
-    )
-    user = pick(
-        settings.db_user,
-        secret.username if secret else None,
-        cluster.master_username if cluster else None,
-        "DB_USER",
-    )
-    port = (
-        settings.db_port
-        or (secret.port if secret else None)
-        or (cluster.port if cluster else DEFAULT_PORT)
-    )
-    dbname = settings.db_name
-    if "db_name" not in settings.model_fields_set and secret and secret.dbname:
-        dbname = secret.dbname
-
-    if secret is None:
-        # Only when DB_PASSWORD is set: AWS supplied the endpoint or user alone.
-        password = settings.db_password.get_secret_value() if settings.db_password else ""
-        return MasterLogin(host, port, dbname, user, password, source="env", prior_changes=prior)
-    return MasterLogin(
-        host,
-        port,
-        dbname,
-        user,
-        secret.password,
-        source="secret" if settings.db_secret_arn else "cluster",
-        refetch=lambda: aws.secret(secret_id).password if secret_id else secret.password,
-        prior_changes=prior,
-    )
-
-
-def _by_token(settings: Settings, cluster: Cluster | None) -> bool:
-    """DB_IAM_AUTH, or no password source given and a cluster that reports an IAM-only
-    master (MasterUserAuthenticationType iam-db-auth)."""
-    if settings.db_iam_auth:
-        return True
-    return (
-        cluster is not None
-        and cluster.master_auth == "iam-db-auth"
-        and settings.db_password is None
-        and settings.db_secret_arn is None
-    )
-
-
-def _token_login(settings: Settings, aws: Aws, cluster: Cluster | None) -> MasterLogin:
-    host = settings.db_host or (cluster.endpoint if cluster else None)
-    user = settings.db_user or (cluster.master_username if cluster else None)
-    if host is None or user is None:
-        missing = "DB_HOST" if host is None else "DB_USER"
-        raise ConfigError(missing, "not set, and no DB_CLUSTER_ID to find it (DB_IAM_AUTH)")
-    port = settings.db_port or (cluster.port if cluster else DEFAULT_PORT)
-    log.event("iam_login", user=user, reason="the master logs in with an IAM token")
-    return MasterLogin(
-        host,
-        port,
-        settings.db_name,
-        user,
-        "",
-        source="iam",
-        token=lambda: aws.auth_token(host, port, user),
-        prior_changes=list(cluster.changes) if cluster else [],
-    )
-
-
-def auth_token(settings: Settings, deadline: Deadline, user: str) -> str:
-    """An IAM auth token for `user`, as `aws rds generate-db-auth-token` makes it: for
-    IAM_AUTH_ENDPOINT where the local stand-in is configured, else the database's."""
-    if settings.iam_auth_endpoint:
-        stand_in, _, port_text = settings.iam_auth_endpoint.rpartition(":")
-        return Aws(deadline).auth_token(stand_in, int(port_text), user)
-    port, cluster_id = settings.db_port, settings.db_cluster_id
-    if settings.db_host is None and not cluster_id:
-        raise ConfigError("DB_HOST", "not set: set DB_HOST or DB_CLUSTER_ID")
-    aws = Aws(deadline)
-    host = settings.db_host
-    if host is None:
-        cluster = aws.cluster(cluster_id or "")
-        host, port = cluster.endpoint, port or cluster.port
-    return aws.auth_token(host, port or DEFAULT_PORT, user)
-
-
-def connect_policy(settings: Settings, deadline: Deadline) -> dict[str, Any]:
-    """The IAM policy that allows rds-db:connect as each listed user."""
-    if not settings.db_cluster_id:
-        raise ConfigError("DB_CLUSTER_ID", "needed: the policy names the cluster's resource id")
-    if not settings.iam_users:
-        raise ConfigError("IAM_USERS", "empty: the policy needs at least one user")
-    cluster = Aws(deadline).cluster(settings.db_cluster_id)
-    partition, region, account = cluster.partition_region_account
-    prefix = f"arn:{partition}:rds-db:{region}:{account}:dbuser:{cluster.resource_id}"
-    names = [user.name for user in settings.iam_users]
-    if _by_token(settings, cluster):
-        names.append(settings.db_user or cluster.master_username)  # the job's own login
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "AuroraIamConnect",
-                "Effect": "Allow",
-                "Action": "rds-db:connect",
-                "Resource": [f"{prefix}/{name}" for name in names],
-            }
-        ],
-    }
+        return text

@@ -1,10 +1,10 @@
-"""The one JSON result line on stdout that ends apply, plan, verify and ecs-run."""
+"""The one JSON result line on stdout that ends apply, plan, verify, ecs-run,
+fleet-run and custom-resource."""
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,14 +49,9 @@ class Result:
         return (json.dumps(c, separators=(",", ":"), ensure_ascii=False) for c in self.changes)
 
 
-_emitted = threading.Lock()
-
-
-def emit(result: Result) -> bool:
-    """Write the result line, one change at a time; only the first call writes (a hard
-    stop may race the normal end of a run), and says so."""
-    if not _emitted.acquire(blocking=False):
-        return False
+def emit(result: Result) -> None:
+    """Write the result line, one change at a time (its one caller, `app.cli`, makes
+    sure it is written once, whoever ends the run)."""
     line = json.dumps(result.as_json(), separators=(",", ":"), ensure_ascii=False)
     head, tail = line.split(json.dumps(_PLACEHOLDER), 1)
     out = sys.stdout
@@ -74,4 +69,3 @@ def emit(result: Result) -> bool:
         out.write(("" if first else ",") + log.redact(",".join(block)))
     out.write("]" + log.redact(tail) + "\n")
     out.flush()
-    return True

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from app.groups import DEFAULT as DEFAULT_GROUP_ROLES
+from app.inputs.groups import DEFAULT as DEFAULT_GROUP_ROLES
 from tools import localpg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,7 +270,7 @@ def import_floor(reps: int) -> dict[str, float]:
                 "-X",
                 "importtime",
                 "-c",
-                "import app.cli, app.settings, app.credentials, app.connect, app.apply",
+                "import app.cli, app.job.run",
             ],
             env,
         )

@@ -14,10 +14,12 @@ import argparse
 import sys
 import time
 
-from app import apply, catalog, script
-from app.groups import DEFAULT
+from app.inputs.groups import DEFAULT
+from app.inputs.settings import default_init_sql
+from app.job import script
+from app.job import snapshot as catalog
+from app.job import transaction as apply
 from app.retry import Deadline
-from app.settings import default_init_sql
 from bench.bench import fresh, users_json, users_list
 from tools import localpg
 

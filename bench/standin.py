@@ -26,7 +26,7 @@ from unittest import mock
 import boto3
 import botocore.auth
 
-from app import ldapbind
+from app.iamauth import ldap as ldapbind
 from tools.localpg import free_port
 
 REGION = "eu-west-1"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from psycopg import sql
 
-from app.users import MANAGED_ROLE
+from app.inputs.users import MANAGED_ROLE
 from tests import awsemu
 from tests.faultproxy import FaultProxy
 from tools import localpg

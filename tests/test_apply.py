@@ -7,7 +7,7 @@ import json
 import psycopg
 import pytest
 
-from app.users import MANAGED_ROLE
+from app.inputs.users import MANAGED_ROLE
 from tests.conftest import Job, catalog, job_env, managed, members_of, role, run_job
 from tools import localpg
 
@@ -295,7 +295,7 @@ def test_prune_revokes_login_and_rds_iam_from_unlisted_managed_users_only(
 
 
 def _lock_key() -> int:
-    from app.apply import LOCK_KEY  # noqa: PLC0415
+    from app.job.transaction import LOCK_KEY  # noqa: PLC0415
 
     return LOCK_KEY
 

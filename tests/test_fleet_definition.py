@@ -32,7 +32,7 @@ import botocore.session
 import pytest
 from botocore.model import ListShape, Shape, StructureShape
 
-from app import fleet
+from app.launch import fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 ASL = ROOT / "deploy" / "fleet.asl.json"

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from app import connect
+from app.login import connect
 from tests.conftest import Job, job_env, run_job
 from tools import localpg
 

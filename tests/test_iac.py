@@ -110,10 +110,16 @@ def test_the_example_resource_reruns_on_what_should_and_bounds_its_wait() -> Non
     }
 
 
-def _readme_snippet(language: str) -> str:
-    """The first `language` block of the README's "Inside an IaC deploy"."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Inside an IaC deploy", 1)[1]
+# Where the forms are written: the docs' page, and the README's shorter one.
+IAC_PAGE = ("docs/iac.md", "# Inside an IaC deploy")
+README = ("README.md", "### Inside an IaC deploy")
+
+
+def _readme_snippet(language: str, where: tuple[str, str] = IAC_PAGE) -> str:
+    """The first `language` block of the section "Inside an IaC deploy"."""
+    page, heading = where
+    text = (ROOT / page).read_text()
+    section = text.split(heading, 1)[1]
     return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
@@ -130,8 +136,11 @@ def _passes(
 CFN_LINT = str(Path(sys.executable).parent / "cfn-lint")
 
 
-def test_the_readmes_cloudformation_form_is_cfn_lint_clean(tmp_path: Path) -> None:
-    snippet = _readme_snippet("yaml")
+@pytest.mark.parametrize("where", [IAC_PAGE, README], ids=["docs", "readme"])
+def test_the_readmes_cloudformation_form_is_cfn_lint_clean(
+    tmp_path: Path, where: tuple[str, str]
+) -> None:
+    snippet = _readme_snippet("yaml", where)
     assert "Custom::AuroraBootstrap" in snippet
     # With a stand-in for the writer instance it waits for.
     stand_in = "  AuroraInstance:\n    Type: AWS::CloudFormation::WaitConditionHandle\n"

@@ -22,7 +22,8 @@ import psycopg
 import pytest
 
 from app import aws as app_aws
-from app import settings as app_settings
+from app.inputs import settings as app_settings
+from app.login import discover
 from tests import awsemu
 from tests.conftest import CLI, IN_CI, OUTPUTS, SECRETS, job_env, reset, run_job
 from tools import localpg
@@ -420,6 +421,6 @@ def test_a_cluster_that_reports_an_iam_only_master_defaults_to_a_token_login() -
         "c", "arn:aws:rds:eu-west-1:1:cluster:c", "h", 5432, "m", "r", None, "iam-db-auth"
     )
     bare = app_settings.Settings.model_validate({"DB_CLUSTER_ID": "c"})
-    assert app_aws._by_token(bare, cluster)
+    assert discover.by_token(bare, cluster)
     with_password = app_settings.Settings.model_validate({"DB_CLUSTER_ID": "c", "DB_PASSWORD": "p"})
-    assert not app_aws._by_token(with_password, cluster)
+    assert not discover.by_token(with_password, cluster)

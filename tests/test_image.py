@@ -19,8 +19,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from app import ldapbind
-from app.apply import LOCK_KEY
+from app.iamauth import ldap as ldapbind
+from app.job.transaction import LOCK_KEY
 from tests.conftest import IN_CI, OUTPUTS, SECRETS, catalog, members_of, role
 from tools import localpg
 
@@ -181,7 +181,7 @@ def test_image_runs_as_non_root_with_its_ca_bundle_and_init_sql() -> None:
         "python",
         image,
         "-c",
-        "import os, app.settings as s; "
+        "import os, app.inputs.settings as s; "
         "print(os.getuid(), os.getgid(), s.DEFAULT_SSLROOTCERT.is_file(), "
         "s.default_init_sql().is_file())",
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from app import cfnrequest
+from app.cfn import request as cfnrequest
 from tests import awsemu, cfnserver
 from tests.cfnserver import TOKEN, ResponseServer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.catalog import MARKER
+from app.job.managed import MARKER
 from tests.conftest import catalog, job_env, members_of, role, run_job
 from tools import localpg
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app.apply import LOCK_KEY
+from app.job.transaction import LOCK_KEY
 from tests.conftest import IN_CI, Job, job_env, run_job
 from tests.faultproxy import FaultProxy
 from tests.scenario import (

@@ -9,12 +9,13 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import apply, script
-from app import users as users_module
 from app.errors import ConfigError
+from app.inputs import users as users_module
+from app.inputs.settings import default_init_sql
+from app.inputs.users import MANAGED_ROLE, NAME_RE, RESERVED_NAMES, IamUser, parse
+from app.job import script
+from app.job import transaction as apply
 from app.retry import Deadline
-from app.settings import default_init_sql
-from app.users import MANAGED_ROLE, NAME_RE, RESERVED_NAMES, IamUser, parse
 from tests.conftest import catalog as read_catalog
 from tests.conftest import job_env, managed, members_of, reset, role, run_job
 from tools import localpg

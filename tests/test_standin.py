@@ -23,8 +23,8 @@ import boto3
 import botocore.auth
 import pytest
 
-from app import ldapbind
-from app.iamauthserver import CONNECTION_SECONDS, MAX_LOGGED
+from app.iamauth import ldap as ldapbind
+from app.iamauth.server import CONNECTION_SECONDS, MAX_LOGGED
 from tests.conftest import CLI, IN_CI, OUTPUTS, ROOT, SECRETS
 from tools.localpg import free_port
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import default_init_sql
+from app.inputs.settings import default_init_sql
 from tests.conftest import CLI, OUTPUTS, ROOT, Job, catalog, job_env, members_of, role, run_job
 from tests.faultproxy import FaultProxy
 from tests.scenario import USERS, assert_exact, through

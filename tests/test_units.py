@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app import script, users
 from app.errors import ConfigError
+from app.inputs import users
+from app.job import script
 
 
 def test_comma_form_with_roles() -> None:
@@ -141,7 +142,7 @@ def test_the_services_the_image_keeps_are_the_ones_the_code_makes_clients_for() 
     from app.services import SERVICES  # noqa: PLC0415
 
     made = set()
-    for path in Path(__file__).resolve().parent.parent.joinpath("app").glob("*.py"):
+    for path in Path(__file__).resolve().parent.parent.joinpath("app").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Call)

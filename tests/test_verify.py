@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.users import MANAGED_ROLE
+from app.inputs.users import MANAGED_ROLE
 from tests import awsemu
 from tests.conftest import catalog, job_env, managed, members_of, role, run_job
 from tools import localpg
@@ -178,7 +178,7 @@ def test_roles_held_before_the_job_listed_them_are_never_revoked(
 
 
 def test_verify_is_read_only_and_takes_no_lock(pg: localpg.LocalPostgres) -> None:
-    from app.apply import LOCK_KEY  # noqa: PLC0415
+    from app.job.transaction import LOCK_KEY  # noqa: PLC0415
 
     env = job_env(pg, IAM_USERS=USERS, DEADLINE_SECONDS="5")
     with pg.superuser_connect() as conn:

@@ -62,9 +62,9 @@ def _run_elsewhere(argv: list[str], cli: Path) -> None:
 def _check_settings(env: dict[str, str]) -> None:
     """Settings the job would refuse are refused before a database is started, exactly
     as the job words them (placeholders stand for the local database's own)."""
-    from app import script
-    from app import settings as app_settings
     from app.errors import ConfigError
+    from app.inputs import settings as app_settings
+    from app.job import script
 
     placeholders = {"DB_HOST": "127.0.0.1", "DB_PORT": "5432", "DB_USER": localpg.MASTER_USER}
     saved = dict(os.environ)

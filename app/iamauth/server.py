@@ -12,6 +12,7 @@ the reason, never the token.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -21,14 +22,18 @@ import resource
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app import iamtoken, ldapbind, log
+from app import log
 from app.errors import ConfigError
-from app.settings import load_flagged
+from app.iamauth import ldap, token
+from app.inputs import flags
+
+if TYPE_CHECKING:
+    from app.outcome import Run
 
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 _BIND_NAME = re.compile(r"^cn=(?P<user>[^,]+),dc=rds-iam$")
@@ -79,7 +84,7 @@ class IamAuthSettings(BaseSettings):
 
 
 def load() -> IamAuthSettings:
-    return load_flagged(IamAuthSettings, {}, {})
+    return flags.load(IamAuthSettings)
 
 
 # What one client may cost the server. PostgreSQL's ldap authentication connects,
@@ -132,7 +137,7 @@ class _Noisy:
 
 class Server:
     def __init__(self, settings: IamAuthSettings, cap: int | None = None) -> None:
-        self.checker = iamtoken.Checker(settings.endpoint, settings.region, settings.trusted())
+        self.checker = token.Checker(settings.endpoint, settings.region, settings.trusted())
         # Only the server's own keys are secrets: nothing a client sends is, and the
         # server never logs a password (registering each would let a client redact
         # the log, and make every line cost more as they piled up).
@@ -142,21 +147,21 @@ class Server:
         self.open: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
         self.displaced = _Noisy("iam_auth_connections_displaced")
 
-    def decide(self, message: ldapbind.Message) -> tuple[int, str, str]:
+    def decide(self, message: ldap.Message) -> tuple[int, str, str]:
         """(LDAP result, user, reason) for one bind."""
         match = _BIND_NAME.fullmatch(message.name)
         if match is None:
-            return ldapbind.INVALID_CREDENTIALS, message.name, "bind name is not cn=USER,dc=rds-iam"
+            return ldap.INVALID_CREDENTIALS, message.name, "bind name is not cn=USER,dc=rds-iam"
         user = match.group("user")
         if message.version != 3:
-            return ldapbind.PROTOCOL_ERROR, user, f"LDAP version {message.version}, not 3"
+            return ldap.PROTOCOL_ERROR, user, f"LDAP version {message.version}, not 3"
         if message.password is None:
-            return ldapbind.AUTH_METHOD_NOT_SUPPORTED, user, "not a simple bind"
+            return ldap.AUTH_METHOD_NOT_SUPPORTED, user, "not a simple bind"
         try:
             self.checker.check(user, message.password)
-        except iamtoken.Refused as exc:
-            return ldapbind.INVALID_CREDENTIALS, user, str(exc)
-        return ldapbind.SUCCESS, user, "token verifies"
+        except token.Refused as exc:
+            return ldap.INVALID_CREDENTIALS, user, str(exc)
+        return ldap.SUCCESS, user, "token verifies"
 
     def _admit(self, writer: asyncio.StreamWriter) -> None:
         while len(self.open) >= self.cap:
@@ -177,7 +182,7 @@ class Server:
                 logging.WARNING,
                 reason=f"connection open for {CONNECTION_SECONDS:g} s: closed",
             )
-        except (ldapbind.BerError, ConnectionError, OSError) as exc:
+        except (ldap.BerError, ConnectionError, OSError) as exc:
             log.event("iam_auth_connection", logging.WARNING, reason=type(exc).__name__)
         except asyncio.CancelledError:
             pass  # the server is stopping: this connection ends with it, quietly
@@ -188,43 +193,43 @@ class Server:
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buffer = b""
         while True:
-            size = ldapbind.message_size(buffer)
+            size = ldap.message_size(buffer)
             if size is None:
                 chunk = await reader.read(4096)
                 if not chunk:
                     return
                 buffer += chunk
                 continue
-            message, buffer = ldapbind.decode(buffer[:size]), buffer[size:]
-            if message.op == ldapbind.BIND_REQUEST:
+            message, buffer = ldap.decode(buffer[:size]), buffer[size:]
+            if message.op == ldap.BIND_REQUEST:
                 result, user, reason = self.decide(message)
                 log.event(
                     "iam_auth",
-                    logging.INFO if result == ldapbind.SUCCESS else logging.WARNING,
+                    logging.INFO if result == ldap.SUCCESS else logging.WARNING,
                     user=shown(user),
-                    decision="accepted" if result == ldapbind.SUCCESS else "refused",
+                    decision="accepted" if result == ldap.SUCCESS else "refused",
                     reason=shown(reason),
                 )
-                writer.write(ldapbind.bind_response(message.message_id, result))
-            elif message.op in ldapbind.RESPONSES:
+                writer.write(ldap.bind_response(message.message_id, result))
+            elif message.op in ldap.RESPONSES:
                 # Answered, so that a client says what happened rather than that the
                 # server went away; the client may go on (and unbind).
-                unknown = message.op == ldapbind.EXTENDED_REQUEST
+                unknown = message.op == ldap.EXTENDED_REQUEST
                 log.event("iam_auth_unsupported", logging.WARNING, operation=hex(message.op))
                 writer.write(
-                    ldapbind.result_message(
+                    ldap.result_message(
                         message.message_id,
-                        ldapbind.RESPONSES[message.op],
-                        ldapbind.PROTOCOL_ERROR if unknown else ldapbind.UNWILLING_TO_PERFORM,
+                        ldap.RESPONSES[message.op],
+                        ldap.PROTOCOL_ERROR if unknown else ldap.UNWILLING_TO_PERFORM,
                         "this server answers simple binds only",
                     )
                 )
-            elif message.op == ldapbind.ABANDON_REQUEST:
+            elif message.op == ldap.ABANDON_REQUEST:
                 continue  # has no response
             else:
-                if message.op != ldapbind.UNBIND_REQUEST:
+                if message.op != ldap.UNBIND_REQUEST:
                     log.event("iam_auth_unsupported", logging.WARNING, operation=hex(message.op))
-                    writer.write(ldapbind.notice_of_disconnection(ldapbind.PROTOCOL_ERROR))
+                    writer.write(ldap.notice_of_disconnection(ldap.PROTOCOL_ERROR))
                     await writer.drain()
                 return
             await writer.drain()
@@ -287,3 +292,8 @@ def main() -> int:
     log.setup("json" if not os.isatty(2) else "text", settings.log_level.upper())
     asyncio.run(_run(settings))
     return 0
+
+
+def command(args: argparse.Namespace, run: Run) -> int:
+    """iam-auth-server, as the command line runs it."""
+    return main()

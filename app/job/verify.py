@@ -17,17 +17,19 @@ from typing import Any
 
 import psycopg
 
-from app import catalog, connect, log
-from app.apply import SET_INPUTS, Inputs, run_script, script_findings, script_output
-from app.login import MasterLogin
+from app import log
+from app.inputs.settings import Settings
+from app.inputs.users import IamUser, to_json
+from app.job import managed
+from app.job.script import Script
+from app.job.transaction import SET_INPUTS, Inputs, run_script, script_findings, script_output
+from app.login import connect
+from app.login.master import MasterLogin
 from app.retry import Deadline
-from app.script import Script
-from app.settings import Settings
-from app.users import IamUser, to_json
 
 _LISTED = f"""
 SELECT u.name, p.oid IS NOT NULL, coalesce(p.rolcanlogin, false),
-       p.oid IS NOT NULL AND {catalog.MANAGED_USER},
+       p.oid IS NOT NULL AND {managed.MANAGED_USER},
        ARRAY(SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
              WHERE a.member = p.oid),
        p.rolconnlimit = 0,
@@ -49,8 +51,8 @@ SELECT p.rolname, p.rolcanlogin,
        EXISTS (SELECT FROM pg_auth_members a
                WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole)
 FROM pg_roles p
-WHERE {catalog.MANAGED_USER}
-  AND {catalog.UNLISTED}
+WHERE {managed.MANAGED_USER}
+  AND {managed.UNLISTED}
   AND (p.rolcanlogin OR EXISTS (SELECT FROM pg_auth_members a
                                 WHERE a.member = p.oid AND a.roleid = 'rds_iam'::regrole))
 ORDER BY 1
@@ -58,7 +60,7 @@ ORDER BY 1
 # New IAM connections are throttled around 200 per second per cluster: stay far below.
 CONNECTS_PER_SECOND = 20
 
-Finding = catalog.Finding
+Finding = managed.Finding
 
 
 def findings(

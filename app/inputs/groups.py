@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.errors import ConfigError
-from app.users import NAME_RE, NAME_RULE, RESERVED_NAMES, RESERVED_USER_PREFIXES, IamUser
+from app.inputs.users import NAME_RE, NAME_RULE, RESERVED_NAMES, RESERVED_USER_PREFIXES, IamUser
 
 SETTING = "GROUP_ROLES"
 FILE_SETTING = "GROUP_ROLES_FILE"
@@ -74,8 +74,8 @@ class GroupRoles:
             separators=(",", ":"),
         )
 
-    def check(self, users: tuple[IamUser, ...], master: str | None) -> None:
-        """A group may be neither a listed user nor the master user."""
+    def check(self, users: tuple[IamUser, ...]) -> None:
+        """A group may not be a listed user."""
         listed = {user.name for user in users}
         for group in self.groups:
             if group in listed:
@@ -84,8 +84,11 @@ class GroupRoles:
                     f"group {group!r} is also a user in IAM_USERS; a group role is a NOLOGIN "
                     "role its users are members of",
                 )
-            if master is not None and group == master:
-                raise ConfigError(self.source, f"group {group!r} is the master user")
+
+    def check_master(self, master: str) -> None:
+        """Nor the master user."""
+        if master in self.groups:
+            raise ConfigError(self.source, f"group {master!r} is the master user")
 
 
 # What the job granted before GROUP_ROLES existed: an upgrade keeps it.

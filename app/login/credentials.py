@@ -1,15 +1,16 @@
-"""Where the master login comes from: DB_PASSWORD, else AWS (secret or cluster).
+"""The order in which the master login is resolved: DB_PASSWORD (with DB_HOST and
+DB_USER), else AWS (`app.login.discover`: the secret, the cluster, an IAM token).
 
-The AWS sources live in their own module, imported only when used, so that a run
-with DB_HOST, DB_USER and DB_PASSWORD never loads the AWS SDK.
+The AWS half is imported only when it is needed, so that a run with DB_HOST, DB_USER
+and DB_PASSWORD never loads the AWS SDK.
 """
 
 from __future__ import annotations
 
 from app.errors import ConfigError
-from app.login import DEFAULT_PORT, MasterLogin
+from app.inputs.settings import Settings
+from app.login.master import DEFAULT_PORT, MasterLogin
 from app.retry import Deadline
-from app.settings import Settings
 
 
 def check(settings: Settings) -> ConfigError | None:
@@ -28,7 +29,9 @@ def check(settings: Settings) -> ConfigError | None:
 
 
 def resolve(settings: Settings, deadline: Deadline, *, plan: bool = False) -> MasterLogin:
-    """The master login, from the environment alone when it can be."""
+    """The master login, from the environment alone when it can be, once check() has
+    found somewhere to log in. A master named by AWS alone (DB_USER unset) is held to
+    the rules the settings hold DB_USER to when it is set."""
     host, user, password = settings.db_host, settings.db_user, settings.db_password
     # ENABLE_IAM_AUTH and DB_IAM_AUTH need the cluster, or a token: AWS either way.
     aws_needed = settings.db_iam_auth or settings.enable_iam_auth
@@ -41,9 +44,9 @@ def resolve(settings: Settings, deadline: Deadline, *, plan: bool = False) -> Ma
             password=password.get_secret_value(),
             source="env",
         )
-    missing = check(settings)
-    if missing is not None:
-        raise missing
-    from app import aws  # noqa: PLC0415 (the AWS SDK loads only on this path)
+    from app.login import discover  # noqa: PLC0415 (the AWS SDK loads only on this path)
 
-    return aws.resolve_login(settings, deadline, plan=plan)
+    login = discover.from_aws(settings, deadline, plan=plan)
+    if settings.db_user is None:
+        settings.check_master(login.user)
+    return login

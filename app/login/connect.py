@@ -14,9 +14,9 @@ import psycopg
 
 from app import log
 from app.errors import ConfigError, LoginRefused
-from app.login import MasterLogin
+from app.inputs.settings import Settings
+from app.login.master import MasterLogin
 from app.retry import Deadline
-from app.settings import Settings
 
 APPLICATION_NAME = "aurora-bootstrap"
 

@@ -16,6 +16,7 @@ back together.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import logging
@@ -39,8 +40,9 @@ from app.errors import (
     TaskLost,
     TaskNotStarted,
 )
+from app.inputs import flags
+from app.outcome import Run
 from app.retry import Deadline
-from app.settings import load_flagged
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -58,21 +60,79 @@ class EcsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
-    cluster: str = Field(alias="ECS_CLUSTER", min_length=1)
-    task_definition: str = Field(alias="ECS_TASK_DEFINITION", min_length=1)
-    subnets: Annotated[list[str], NoDecode] = Field(default_factory=list, alias="ECS_SUBNETS")
+    cluster: str = Field(
+        alias="ECS_CLUSTER",
+        min_length=1,
+        description="ECS cluster",
+        json_schema_extra=flags.flag("cluster"),
+    )
+    task_definition: str = Field(
+        alias="ECS_TASK_DEFINITION",
+        min_length=1,
+        description="family, family:revision or ARN",
+        json_schema_extra=flags.flag("task-definition"),
+    )
+    subnets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        alias="ECS_SUBNETS",
+        description="comma-separated subnet ids, for awsvpc",
+        json_schema_extra=flags.flag("subnets"),
+    )
     security_groups: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, alias="ECS_SECURITY_GROUPS"
+        default_factory=list,
+        alias="ECS_SECURITY_GROUPS",
+        description="comma-separated security group ids",
+        json_schema_extra=flags.flag("security-groups"),
     )
-    assign_public_ip: bool = Field(False, alias="ECS_ASSIGN_PUBLIC_IP")
-    launch_type: str | None = Field(None, alias="ECS_LAUNCH_TYPE")
-    capacity_provider: str | None = Field(None, alias="ECS_CAPACITY_PROVIDER")
-    container: str | None = Field(None, alias="ECS_CONTAINER")
+    assign_public_ip: bool = Field(
+        False,
+        alias="ECS_ASSIGN_PUBLIC_IP",
+        description="public IP for the task",
+        json_schema_extra=flags.flag("assign-public-ip"),
+    )
+    launch_type: str | None = Field(
+        None,
+        alias="ECS_LAUNCH_TYPE",
+        description="FARGATE (default), EC2 or EXTERNAL",
+        json_schema_extra=flags.flag("launch-type"),
+    )
+    capacity_provider: str | None = Field(
+        None,
+        alias="ECS_CAPACITY_PROVIDER",
+        description="instead of a launch type",
+        json_schema_extra=flags.flag("capacity-provider"),
+    )
+    container: str | None = Field(
+        None,
+        alias="ECS_CONTAINER",
+        description="container to follow; default the essential one",
+        json_schema_extra=flags.flag("container"),
+    )
     deadline_seconds: float = Field(
-        1800.0, alias="ECS_DEADLINE_SECONDS", gt=0, le=86400, allow_inf_nan=False
+        1800.0,
+        alias="ECS_DEADLINE_SECONDS",
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="seconds to wait in all",
+        json_schema_extra=flags.flag("deadline"),
     )
-    poll_seconds: float = Field(5.0, alias="ECS_POLL_SECONDS", gt=0, le=60)
-    log_grace_seconds: float = Field(15.0, alias="ECS_LOG_GRACE_SECONDS", ge=0, le=600)
+    poll_seconds: float = Field(
+        5.0,
+        alias="ECS_POLL_SECONDS",
+        gt=0,
+        le=60,
+        description="seconds between looks at the task",
+        json_schema_extra=flags.flag("poll-seconds"),
+    )
+    log_grace_seconds: float = Field(
+        15.0,
+        alias="ECS_LOG_GRACE_SECONDS",
+        ge=0,
+        le=600,
+        description="seconds to wait for the job's result line after the task stopped",
+        json_schema_extra=flags.flag("log-grace"),
+    )
 
     _split_subnets = field_validator("subnets", "security_groups", mode="before")(_split)
 
@@ -84,10 +144,32 @@ class EcsSettings(BaseSettings):
         return value
 
 
-def load_settings(overrides: dict[str, Any]) -> EcsSettings:
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Each flag overrides the ECS_* variable it names."""
+    flags.add_flags(parser, EcsSettings)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment override for the container; repeatable (no variable)",
+    )
+
+
+def command(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """ecs-run: the settings from the environment and the flags, then the task."""
+    environment = parse_env_overrides(args.env)
+    conf = load_settings(args)
+    for pair in environment:
+        if "PASSWORD" in pair["name"] or "SECRET" in pair["name"]:
+            log.register_secret(pair["value"])
+    deadline = Deadline(conf.deadline_seconds, started=run.started, setting="ECS_DEADLINE_SECONDS")
+    return run_task(conf, environment, deadline)
+
+
+def load_settings(args: argparse.Namespace) -> EcsSettings:
     """From the environment, with command-line flags winning."""
-    flags = {"ECS_CLUSTER": "--cluster", "ECS_TASK_DEFINITION": "--task-definition"}
-    settings = load_flagged(EcsSettings, overrides, flags)
+    settings = flags.load(EcsSettings, args)
     if settings.launch_type and settings.capacity_provider:
         raise ConfigError("ECS_CAPACITY_PROVIDER", "give a launch type or a capacity provider")
     return settings
@@ -289,7 +371,9 @@ def _request(
     return request
 
 
-def run(settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline) -> dict[str, Any]:
+def run_task(
+    settings: EcsSettings, env: list[dict[str, str]], deadline: Deadline
+) -> dict[str, Any]:
     """RunTask, follow it, and return the fields of ecs-run's result line."""
     aws = Aws(deadline)
     ecs: ECSClient = aws.session.client("ecs", config=aws.config())

@@ -6,14 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 from app import log, retry
-from app.cfnrequest import Request
+from app.cfn.request import Request
 from app.errors import DeadlineExceeded, ResponseNotDelivered
 
 # CloudFormation refuses a response body over 4 KiB.
@@ -24,27 +22,11 @@ MAX_RESERVE_SECONDS = 30.0
 # After a stop signal ECS kills the task after its stop timeout (30 s by default).
 STOPPED_BUDGET_SECONDS = 20.0
 _ATTEMPT_SECONDS = 10.0
-_DEFAULT_DEADLINE_SECONDS = 300.0
 
 
 def reserve(deadline_seconds: float) -> float:
     """How much of DEADLINE_SECONDS the run leaves for its answer."""
     return min(MAX_RESERVE_SECONDS, deadline_seconds / 4)
-
-
-def budget(started: float, *, stopped: bool) -> float:
-    """Seconds the answer may take: what is left of DEADLINE_SECONDS (its default when
-    the setting itself is what failed), fewer after a stop signal."""
-    try:
-        total = float(os.environ.get("DEADLINE_SECONDS", _DEFAULT_DEADLINE_SECONDS))
-    except ValueError:
-        total = _DEFAULT_DEADLINE_SECONDS
-    if not 0 < total <= 86400:
-        total = _DEFAULT_DEADLINE_SECONDS
-    left = total - (time.monotonic() - started)
-    # Never less than the reserve: the run stops early to keep it.
-    left = max(left, reserve(total))
-    return min(left, STOPPED_BUDGET_SECONDS) if stopped else left
 
 
 def _encode(fields: dict[str, Any]) -> bytes:

@@ -22,12 +22,15 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from app import catalog, connect, interrupt, log
+from app import interrupt, log
 from app.changelog import ChangeLog
 from app.errors import InitSqlError
+from app.inputs.users import IamUser, to_json
+from app.job import managed
+from app.job.script import Script, Statement
+from app.job.snapshot import Snapshot
+from app.login import connect
 from app.retry import Deadline
-from app.script import Script, Statement
-from app.users import IamUser, to_json
 
 T = TypeVar("T")
 
@@ -77,7 +80,7 @@ SET_INPUTS = (
 )
 
 
-def script_output(cur: psycopg.Cursor[Any], setting: str) -> list[catalog.Finding]:
+def script_output(cur: psycopg.Cursor[Any], setting: str) -> list[managed.Finding]:
     """A JSON list a script left in a transaction-local setting: bootstrap.findings
     (what the master could not act on, what is not made yet), bootstrap.drift."""
     cur.execute("SELECT current_setting(%s, true)", (setting,))
@@ -86,7 +89,7 @@ def script_output(cur: psycopg.Cursor[Any], setting: str) -> list[catalog.Findin
     return [f for f in found if isinstance(f, dict)]
 
 
-def script_findings(cur: psycopg.Cursor[Any]) -> list[catalog.Finding]:
+def script_findings(cur: psycopg.Cursor[Any]) -> list[managed.Finding]:
     return script_output(cur, "bootstrap.findings")
 
 
@@ -95,7 +98,7 @@ class Applied:
     """What one run did, as the report tells it."""
 
     changes: ChangeLog
-    findings: list[catalog.Finding] = field(default_factory=list)
+    findings: list[managed.Finding] = field(default_factory=list)
     # The reply to COMMIT was lost, and the next attempt found the catalog exactly as
     # that COMMIT would have left it: `changes` are the lost attempt's.
     confirmed_after_reconnect: bool = False
@@ -303,7 +306,7 @@ class Attempts:
         return applied
 
     def _check_lost_commit(
-        self, snapshot: catalog.Snapshot, cur: psycopg.Cursor[tuple[object, ...]]
+        self, snapshot: Snapshot, cur: psycopg.Cursor[tuple[object, ...]]
     ) -> None:
         """After a lost COMMIT reply: is the catalog as that COMMIT left it? A commit
         that changed nothing the snapshot holds cannot be told from none (and the
@@ -332,7 +335,7 @@ class Attempts:
         _begin(cur, self.deadline)
         locked = time.monotonic()
         cur.execute(SET_INPUTS, self.inputs.settings())
-        snapshot = catalog.Snapshot.of(conn)
+        snapshot = Snapshot.of(conn)
         snapshot.remember(cur)
         self._check_lost_commit(snapshot, cur)
         for script in self.scripts:
@@ -341,7 +344,7 @@ class Attempts:
         if self.database_changes_only:
             changes = changes.where(lambda change: "database" in change)
         prune = (
-            _after_script(self.script, lambda: catalog.prune_findings(cur))
+            _after_script(self.script, lambda: managed.prune_findings(cur))
             if self.inputs.prune and not self.database_changes_only
             else []
         )

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from app.errors import ConfigError
-from app.login import MasterLogin
+from app.login.master import MasterLogin
 
 _CHECK = """
 SELECT u.name, d.oid IS NOT NULL, coalesce(d.datallowconn, false),

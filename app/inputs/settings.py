@@ -5,15 +5,18 @@ from __future__ import annotations
 import functools
 import re
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app import groups, users
+from app import log, sqlfiles
 from app.errors import ConfigError
+from app.inputs import groups, users
+from app.retry import Deadline
 
 DEFAULT_SSLROOTCERT = Path("/etc/aurora-bootstrap/rds-global-bundle.pem")
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -33,15 +36,13 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 def default_init_sql() -> Path:
     """sql/init.sql of the installed app: packaged beside it, or in the source tree."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "sql" / "init.sql"
-    return packaged if packaged.exists() else here.parent / "sql" / "init.sql"
+    return sqlfiles.path("init.sql")
 
 
 def privileges_sql() -> Path:
     """sql/privileges.sql, which init.sql's roles get their privileges from in each
     database: always the installed app's (INIT_SQL replaces init.sql alone)."""
-    return default_init_sql().with_name("privileges.sql")
+    return sqlfiles.path("privileges.sql")
 
 
 class Settings(BaseSettings):
@@ -143,9 +144,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        self.group_roles.check(self.iam_users)
         if self.db_user is not None:
-            users.check_master(self.iam_users, self.db_user)
-        self.group_roles.check(self.iam_users, self.db_user)
+            self.check_master(self.db_user)
         if self.db_iam_auth:
             given = [
                 name
@@ -164,6 +165,13 @@ class Settings(BaseSettings):
         if self.enable_iam_auth and not self.db_cluster_id:
             raise ConfigError("ENABLE_IAM_AUTH", "needs DB_CLUSTER_ID: the cluster to modify")
         return self
+
+    def check_master(self, master: str) -> None:
+        """The master may be neither an IAM user (rds_iam would lock it out), a role
+        granted to one, nor a group: checked here when DB_USER names it, by the login
+        when AWS does."""
+        users.check_master(self.iam_users, master)
+        self.group_roles.check_master(master)
 
     @functools.cached_property
     def group_roles(self) -> groups.GroupRoles:
@@ -202,33 +210,34 @@ def describe_error(error: ErrorDetails) -> ConfigError:
     return ConfigError(name, message)
 
 
-SettingsT = TypeVar("SettingsT", bound=BaseSettings)
-
-
-def load_flagged(
-    model: type[SettingsT], overrides: dict[str, Any], flags: dict[str, str]
-) -> SettingsT:
-    """`model` from the environment, with command-line flags winning (`overrides`:
-    variable -> the flag's value, None when not given). Every problem comes in one
-    ConfigError; a missing setting names the flag that can give it too."""
-    given = {alias: value for alias, value in overrides.items() if value is not None}
+def load(overrides: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting, `overrides` (variable -> value) winning over the
+    environment; all the problems found are raised together, as one ConfigError
+    naming the first setting."""
+    given: dict[str, Any] = dict(overrides or {})
     try:
-        return model(**given)
-    except ValidationError as exc:
-        errors = []
-        for error in exc.errors():
-            name = str((error.get("loc") or ("settings",))[0])
-            if error.get("type") == "missing" and name in flags:
-                errors.append(ConfigError(name, f"not set (or pass {flags[name]})"))
-            else:
-                errors.append(describe_error(error))
-        raise ConfigError.all_of(errors) from None
-
-
-def load() -> Settings:
-    """Read and check every setting; all the problems found are raised together, as
-    one ConfigError naming the first setting."""
-    try:
-        return Settings()
+        return Settings(**given)
     except ValidationError as exc:
         raise ConfigError.all_of([describe_error(e) for e in exc.errors()]) from None
+
+
+# DEADLINE_SECONDS when it is not set, or is itself what could not be read.
+DEFAULT_DEADLINE_SECONDS: float = Settings.model_fields["deadline_seconds"].default
+
+
+def configure(
+    started: float,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    reserve: Callable[[float], float] | None = None,
+) -> tuple[Settings, Deadline]:
+    """The run's settings, its logging, and its deadline, armed; `reserve` says how
+    much of DEADLINE_SECONDS to keep for after the run (an answer to CloudFormation)."""
+    conf = load(overrides)
+    log.setup(conf.log_format_resolved, conf.log_level)
+    if conf.db_password is not None:
+        log.register_secret(conf.db_password.get_secret_value())
+    reserved = reserve(conf.deadline_seconds) if reserve is not None else 0.0
+    deadline = Deadline(conf.deadline_seconds, started=started, reserved=reserved)
+    deadline.arm()
+    return conf, deadline

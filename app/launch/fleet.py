@@ -10,6 +10,7 @@ run, while running the same fleet again later does.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import json
@@ -27,10 +28,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import log
 from app.aws import Aws, NotReady
-from app.ecs import MAX_OVERRIDES_CHARACTERS, overrides_size
 from app.errors import ConfigError, DeadlineExceeded, FleetFailed
+from app.inputs import flags
+from app.launch.ecs import MAX_OVERRIDES_CHARACTERS, overrides_size
+from app.outcome import Run
 from app.retry import Deadline
-from app.settings import load_flagged
 
 SETTING = "FLEET_TARGETS"
 # Step Functions' limit on an execution's input (and on any state's payload), as AWS
@@ -55,20 +57,63 @@ class FleetSettings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
-    state_machine_arn: str = Field(alias="FLEET_STATE_MACHINE_ARN", min_length=1)
-    targets: Path = Field(alias="FLEET_TARGETS")
-    max_concurrency: int | None = Field(None, alias="FLEET_MAX_CONCURRENCY", ge=1, le=40)
-    tolerated_failures: int | None = Field(None, alias="FLEET_TOLERATED_FAILURES", ge=0)
-    deadline_seconds: float = Field(
-        3600.0, alias="FLEET_DEADLINE_SECONDS", gt=0, le=86400, allow_inf_nan=False
+    state_machine_arn: str = Field(
+        alias="FLEET_STATE_MACHINE_ARN",
+        min_length=1,
+        description="the fleet state machine's ARN",
+        json_schema_extra=flags.flag("state-machine"),
     )
-    poll_seconds: float = Field(10.0, alias="FLEET_POLL_SECONDS", gt=0, le=300)
+    targets: Path = Field(
+        alias=SETTING,
+        description="targets file, JSON or YAML",
+        json_schema_extra=flags.flag("targets"),
+    )
+    max_concurrency: int | None = Field(
+        None,
+        alias="FLEET_MAX_CONCURRENCY",
+        ge=1,
+        le=40,
+        description="targets at once; default the stack's",
+        json_schema_extra=flags.flag("max-concurrency"),
+    )
+    tolerated_failures: int | None = Field(
+        None,
+        alias="FLEET_TOLERATED_FAILURES",
+        ge=0,
+        description="failed targets before the execution fails; default the stack's",
+        json_schema_extra=flags.flag("tolerated-failures"),
+    )
+    deadline_seconds: float = Field(
+        3600.0,
+        alias="FLEET_DEADLINE_SECONDS",
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="seconds to wait in all",
+        json_schema_extra=flags.flag("deadline"),
+    )
+    poll_seconds: float = Field(
+        10.0,
+        alias="FLEET_POLL_SECONDS",
+        gt=0,
+        le=300,
+        description="seconds between looks",
+        json_schema_extra=flags.flag("poll-seconds"),
+    )
 
 
-def load_settings(overrides: dict[str, Any]) -> FleetSettings:
-    """From the environment, with command-line flags winning."""
-    flags = {"FLEET_STATE_MACHINE_ARN": "--state-machine", SETTING: "--targets"}
-    return load_flagged(FleetSettings, overrides, flags)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """Each flag overrides the FLEET_* variable it names."""
+    flags.add_flags(parser, FleetSettings)
+
+
+def command(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """fleet-run: the settings from the environment and the flags, then the execution."""
+    conf = flags.load(FleetSettings, args)
+    deadline = Deadline(
+        conf.deadline_seconds, started=run.started, setting="FLEET_DEADLINE_SECONDS"
+    )
+    return run_fleet(conf, deadline)
 
 
 def _fail(path: Path, position: int, name: object, problem: str) -> ConfigError:
@@ -278,7 +323,7 @@ def _execution_arn(state_machine_arn: str, name: str) -> str:
     return f"{prefix}:execution:{machine}:{name}" if sep else ""
 
 
-def run(settings: FleetSettings, deadline: Deadline) -> dict[str, Any]:
+def run_fleet(settings: FleetSettings, deadline: Deadline) -> dict[str, Any]:
     """Start the fleet, follow it, and return the fields of fleet-run's result line."""
     targets = load_targets(settings.targets)
     containers = {t["name"]: t["container"] for t in targets}
