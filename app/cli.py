@@ -60,6 +60,12 @@ COMMANDS = {
         "app.login.token:policy",
         "printed",
     ),
+    "sql": Command(
+        "print the bootstrap of DB_NAME as one plain SQL file, its settings bound as "
+        "literals, for a migration tool or psql (no connection, no AWS)",
+        "app.job.migration:command",
+        "printed",
+    ),
     "ecs-run": Command(
         "run this job as an ECS task, stream its logs, exit with its container's code",
         "app.launch.ecs:command",
