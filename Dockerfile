@@ -12,8 +12,9 @@ LABEL aurora-bootstrap.stage=build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements.lock /tmp/requirements.lock
 COPY wheels/ /tmp/wheels/
-# What the job never runs goes (botocore's data for services it makes no client for,
-# setuptools): the list of services is app/services.py, which the build reads.
+# What the job never runs goes (botocore's data for services that neither it nor
+# botocore's credential providers make a client for, setuptools): app/services.py
+# says which, and the build reads it.
 COPY docker/trim-image.py /tmp/trim-image.py
 RUN python3 -m venv /opt/aurora-bootstrap \
  && /opt/aurora-bootstrap/bin/pip install --no-index --find-links /tmp/wheels \

@@ -2,8 +2,10 @@
 
 Run in the build stage, after the install: setuptools, pkg_resources and
 _distutils_hack (python -m venv puts them there), botocore's data for every service
-but app.services.SERVICES, the examples in what is kept, and boto3's resource models
-(the job uses clients only). Prints what it removed and how much.
+but app.services.kept() (the job's own and those botocore's credential and token
+providers make clients for: web identity, assume-role and SSO profiles, `aws login`),
+the examples in what is kept, and boto3's resource models (the job uses clients
+only). Prints what it kept, what it removed and how much.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from app.services import SERVICES
+from app.services import kept
 
 
 def size(path: Path) -> int:
@@ -33,12 +35,14 @@ def main() -> int:
         site / "boto3" / "data",
     ]
     data = site / "botocore" / "data"
-    missing = [s for s in SERVICES if not (data / s).is_dir()]
+    services = kept(site / "botocore")
+    missing = [s for s in services if not (data / s).is_dir()]
     if missing:
         print(f"trim-image: botocore has no data for {missing}", file=sys.stderr)
         return 1
-    doomed += [p for p in data.iterdir() if p.is_dir() and p.name not in SERVICES]
-    doomed += [p for s in SERVICES for p in (data / s).rglob("examples-1.json")]
+    print(f"trim-image: keeping botocore's data for {', '.join(services)}", file=sys.stderr)
+    doomed += [p for p in data.iterdir() if p.is_dir() and p.name not in services]
+    doomed += [p for s in services for p in (data / s).rglob("examples-1.json")]
     freed = 0
     for path in doomed:
         if not path.exists():

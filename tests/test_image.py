@@ -131,12 +131,13 @@ def shipped_bundle(image: str) -> str:
 MAX_ABOVE_BASE = 40 * 1000 * 1000
 _CLIENTS = """
 import importlib.util, os, sys, boto3, botocore
-from app.services import SERVICES
+from app.services import kept as expected
 data = os.path.join(os.path.dirname(botocore.__file__), "data")
 kept = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
 session = boto3.Session(region_name="us-east-1", aws_access_key_id="AKIDIMAGE",
                         aws_secret_access_key="image-test-secret")
-for name in SERVICES:
+# The job's clients, and those botocore's credential and token providers make.
+for name in expected():
     session.client(name)
 rds = session.client("rds")
 rds.get_waiter("db_cluster_available")
@@ -146,7 +147,7 @@ session.client("stepfunctions").get_paginator("get_execution_history")
 token = rds.generate_db_auth_token("db.example", 5432, "app_user")
 gone = [m for m in ("setuptools", "pkg_resources", "_distutils_hack")
         if importlib.util.find_spec(m) is not None]
-print(",".join(kept), ",".join(SERVICES), "Action=connect" in token, gone == [])
+print(",".join(kept), ",".join(expected()), "Action=connect" in token, gone == [])
 """
 
 
@@ -156,7 +157,11 @@ def test_image_keeps_only_what_the_job_runs_and_every_client_it_makes_resolves()
     probe = docker("run", "--rm", "--network=none", "--entrypoint", "python", image, "-c", _CLIENTS)
     assert probe.returncode == 0, probe.stderr
     kept, services, signed, clean = probe.stdout.split()
-    assert kept == services, "botocore's data is kept for exactly the services the job uses"
+    assert kept == services, (
+        "botocore's data is kept for exactly the services the job and botocore's "
+        "credential providers use"
+    )
+    assert {"sts", "sso", "sso-oidc", "signin"} <= set(kept.split(","))
     assert signed == "True" and clean == "True"
     if base:
         sizes = [
