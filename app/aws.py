@@ -29,6 +29,7 @@ from app.retry import Deadline
 if TYPE_CHECKING:
     from mypy_boto3_rds import RDSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_ssm import SSMClient
 
 T = TypeVar("T")
 
@@ -154,6 +155,10 @@ class Aws:
     def secretsmanager(self) -> SecretsManagerClient:
         return self.session.client("secretsmanager", config=self.config())
 
+    @cached_property
+    def ssm(self) -> SSMClient:
+        return self.session.client("ssm", config=self.config())
+
     def call(self, fn: Callable[[], T], *, what: str, missing: str) -> T:
         """fn under the retry policy; final AWS failures become AwsError (exit 3).
 
@@ -278,3 +283,21 @@ class Aws:
         text = response.get("SecretString")
         log.register_secret(text)
         return text
+
+    def secure_parameter(self, name: str) -> str:
+        """An SSM SecureString's value, decrypted, never logged."""
+        response = self.call(
+            lambda: self.ssm.get_parameter(Name=name, WithDecryption=True),
+            what=f"reading parameter {name}",
+            missing=f"parameter {name}",
+        )
+        value = str(response["Parameter"].get("Value", ""))
+        log.register_secret(value)
+        return value
+
+    def delete_parameter(self, name: str) -> None:
+        self.call(
+            lambda: self.ssm.delete_parameter(Name=name),
+            what=f"deleting parameter {name}",
+            missing=f"parameter {name}",
+        )

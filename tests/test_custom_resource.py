@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests import cfnserver
+from tests import awsemu, cfnserver
 from tests.cfnserver import STACK, ResponseServer
 from tests.conftest import Job, JobRun, catalog, job_env, members_of, role, run_job
 from tests.faultproxy import FaultProxy
@@ -318,3 +318,114 @@ def test_an_unreadable_request_exits_2_and_answers_nothing(
     assert run.result["error"]["message"].startswith("CFN_REQUEST: ")
     assert problem in run.result["error"]["message"]
     assert role(catalog(pg), "alice") is None
+
+
+def _kept(aws: awsemu.Emulator, cfn: ResponseServer, **properties: Any) -> tuple[str, str]:
+    """A request as the launcher sends it: its ResponseURL kept in SSM, not in it."""
+    sent = cfnserver.request(cfn.url, "Create", None, **properties)
+    name = f"/aurora-bootstrap/db/requests/{sent['RequestId']}"
+    aws.admin("ssm").put_parameter(Name=name, Value=sent.pop("ResponseURL"), Type="SecureString")
+    return json.dumps(sent | {"ResponseURLParameter": name}), name
+
+
+def test_the_response_url_kept_by_the_launcher_is_read_then_deleted(
+    pg18: localpg.LocalPostgres, cfn: ResponseServer, aws: awsemu.Emulator
+) -> None:
+    request, name = _kept(aws, cfn, IamUsers="alice")
+    assert cfn.signature not in request
+    run = run_job(worker(pg18, request, **awsemu.client_env(aws.url)), "custom-resource")
+    assert run.code == 0, run
+    [put] = cfn.puts
+    assert put.json["Status"] == "SUCCESS"
+    assert role(catalog(pg18), "alice") is not None
+    # Deleted once answered: that is how the launcher knows the task answered.
+    assert not aws.admin("ssm").get_parameters(Names=[name])["Parameters"]
+    assert cfn.signature not in run.stdout + run.stderr
+    assert ("ssm", "GetParameter") in aws.state.calls and (
+        "ssm",
+        "DeleteParameter",
+    ) in aws.state.calls
+
+
+def test_a_response_url_that_cannot_be_read_answers_nothing(
+    pg18: localpg.LocalPostgres, cfn: ResponseServer, aws: awsemu.Emulator
+) -> None:
+    """The launcher still holds it, and answers FAILED when the task stops."""
+    request, name = _kept(aws, cfn, IamUsers="alice")
+    aws.admin("ssm").delete_parameter(Name=name)
+    run = run_job(worker(pg18, request, **awsemu.client_env(aws.url)), "custom-resource")
+    assert run.code == 3, run
+    assert "not found" in run.result["error"]["message"]
+    assert cfn.puts == [] and role(catalog(pg18), "alice") is None
+
+
+def test_the_resource_names_the_secret_it_stands_beside(
+    pg18: localpg.LocalPostgres, cfn: ResponseServer, aws: awsemu.Emulator
+) -> None:
+    """SecretArn, in the stack that makes the cluster: the master's secret, read by the
+    worker; no DB_PASSWORD anywhere."""
+    login = {"username": localpg.MASTER_USER, "password": pg18.master_password}
+    secret = aws.admin("secretsmanager").create_secret(
+        Name="cluster-master", SecretString=json.dumps(login)
+    )["ARN"]
+    env = worker(pg18, cfn_request(cfn.url, IamUsers="alice", SecretArn=secret))
+    env |= awsemu.client_env(aws.url)
+    del env["DB_PASSWORD"]
+    run = run_job(env, "custom-resource")
+    assert run.code == 0, run
+    assert ("secretsmanager", "GetSecretValue") in aws.state.calls
+    assert cfn.puts[0].json["Status"] == "SUCCESS"
+    assert role(catalog(pg18), "alice") is not None
+
+
+def test_the_resource_names_the_cluster_it_stands_beside(
+    pg18: localpg.LocalPostgres, cfn: ResponseServer, aws: awsemu.Emulator
+) -> None:
+    """ClusterId: the cluster's managed secret, found through DescribeDBClusters. The
+    endpoint stays DB_HOST's (moto's cluster has no database behind it)."""
+    rds = aws.admin("rds")
+    rds.create_db_cluster(
+        DBClusterIdentifier="same-stack",
+        Engine="aurora-postgresql",
+        MasterUsername=localpg.MASTER_USER,
+        ManageMasterUserPassword=True,
+        EnableIAMDatabaseAuthentication=True,
+    )
+    found = rds.describe_db_clusters(DBClusterIdentifier="same-stack")["DBClusters"][0]
+    login = {"username": localpg.MASTER_USER, "password": pg18.master_password}
+    aws.admin("secretsmanager").put_secret_value(
+        SecretId=found["MasterUserSecret"]["SecretArn"], SecretString=json.dumps(login)
+    )
+    env = worker(pg18, cfn_request(cfn.url, IamUsers="alice", ClusterId="same-stack"))
+    env |= awsemu.client_env(aws.url)
+    del env["DB_PASSWORD"]
+    run = run_job(env, "custom-resource")
+    assert run.code == 0, run
+    assert ("rds", "DescribeDBClusters") in aws.state.calls
+    assert cfn.puts[0].json["Status"] == "SUCCESS"
+
+
+def test_a_rollback_that_cannot_apply_answers_success_saying_so(
+    cfn: ResponseServer,
+) -> None:
+    """The Update of a rollback, to a database the task cannot reach: the stack must
+    not end in UPDATE_ROLLBACK_FAILED, so the answer is SUCCESS, with why; the result
+    line keeps the run's own exit code."""
+    sent = cfnserver.request(cfn.url, "Update", "aurora-bootstrap-DatabaseUsers-0123")
+    sent["Rollback"] = True
+    port = localpg.free_port()  # nothing listens there
+    env = job_env(
+        CFN_REQUEST=json.dumps(sent | {"ResourceProperties": {"IamUsers": "alice"}}),
+        DB_HOST="127.0.0.1",
+        DB_PORT=str(port),
+        DB_USER="master",
+        DB_PASSWORD="unused-password",
+        DB_SSLMODE="disable",
+        DEADLINE_SECONDS="8",
+    )
+    run = run_job(env, "custom-resource")
+    assert run.code == 5, run
+    [put] = cfn.puts
+    assert put.json["Status"] == "SUCCESS"
+    assert "rollback did not apply the old properties" in put.json["Reason"]
+    assert put.json["PhysicalResourceId"] == "aurora-bootstrap-DatabaseUsers-0123"

@@ -26,6 +26,9 @@ TASK_ROLE_ACTIONS = {
     "rds-db:connect",  # only with CredentialSource iam, on the master user alone
     "secretsmanager:GetSecretValue",
     "kms:Decrypt",
+    # custom-resource: its request's ResponseURL, kept by the launcher (with EcsCluster)
+    "ssm:GetParameter",
+    "ssm:DeleteParameter",
 }
 EXECUTION_ROLE_ACTIONS = {
     "ecr:GetAuthorizationToken",
@@ -259,6 +262,8 @@ def test_template_deploys_and_ecs_run_runs_the_task_it_defines(
         "CONTAINER": "bootstrap",
         "SUBNETS": outputs["Subnets"],
         "SECURITY_GROUP": outputs["TaskSecurityGroupId"],
+        "REQUESTS": f"/aurora-bootstrap/{stack}/requests",
+        "DEADLINE_SECONDS": 300,
     }
     rules = ec2.describe_security_groups(GroupIds=[database])["SecurityGroups"][0]["IpPermissions"]
     assert any(

@@ -45,7 +45,22 @@ from tests.test_launcher import LAUNCHER, stopped_event
 from tools import localpg
 from tools.localpg import free_port
 
-LAUNCHER_ACTIONS = {"ecs:RunTask", "iam:PassRole", "logs:CreateLogStream", "logs:PutLogEvents"}
+LAUNCHER_ACTIONS = {
+    "ecs:RunTask",
+    "iam:PassRole",
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+    # Each request's ResponseURL, kept out of the task's overrides.
+    "ssm:PutParameter",
+    "ssm:GetParameter",
+    "ssm:DeleteParameter",
+    # A Delete stops a running Create; a stopped task's event is checked with ECS.
+    "ecs:ListTasks",
+    "ecs:DescribeTasks",
+    "ecs:StopTask",
+    # Whether an Update comes from a rollback.
+    "cloudformation:DescribeStacks",
+}
 
 
 def test_the_template_carries_the_launcher_file_as_its_inline_code() -> None:
@@ -368,7 +383,14 @@ def test_a_stack_with_the_resource_completes_when_the_worker_answers(
     )
     # The settings come from the task definition; the Triggers stayed with the launcher.
     assert request["ResourceProperties"] == {}
-    request["ResponseURL"] = _reachable(request["ResponseURL"], moto)
+    # The ResponseURL is not in the overrides: the worker reads it from SSM.
+    assert "ResponseURL" not in request and "X-Amz-Signature" not in json.dumps(task, default=str)
+    ssm = moto.client("ssm")
+    name = request["ResponseURLParameter"]
+    url = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    ssm.put_parameter(Name=name, Value=_reachable(url, moto), Type="SecureString", Overwrite=True)
+    overridden = {e["name"]: e["value"] for e in container["environment"]}
+    assert int(overridden["DEADLINE_SECONDS"]) + 120 <= 900  # within ServiceTimeout
     # The task definition's environment, but for where the database is: moto runs no
     # container and has no Aurora, so the local server stands in for DB_CLUSTER_ID.
     [defined] = ecs.describe_task_definition(taskDefinition=clean)["taskDefinition"][
@@ -377,10 +399,13 @@ def test_a_stack_with_the_resource_completes_when_the_worker_answers(
     settings = {e["name"]: e["value"] for e in defined["environment"]}
     assert settings["IAM_USERS"] == parameters["IamUsers"]
     del settings["DB_CLUSTER_ID"]  # managed-secret: the cluster is all it names
-    env = job_env(pg, CFN_REQUEST=json.dumps(request), **settings)
+    settings["DEADLINE_SECONDS"] = overridden["DEADLINE_SECONDS"]
+    env = job_env(pg, CFN_REQUEST=json.dumps(request), **settings, **moto.env)
     run = run_job(env, *container["command"])
     assert run.code == 0, run
     assert run.result["response"]["status"] == "SUCCESS"
+    # Answered: the URL is gone from SSM too.
+    assert not ssm.get_parameters(Names=[name])["Parameters"]
     stack = cfn.describe_stacks(StackName=stack_id)["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}

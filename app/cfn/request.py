@@ -3,6 +3,7 @@ worker (`custom-resource`) reads it, and the settings its properties override.""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -15,10 +16,21 @@ from app.errors import ConfigError
 SETTING = "CFN_REQUEST"
 REQUEST_TYPES = ("Create", "Update", "Delete")
 # Resource property -> the setting it overrides for this run.
-PROPERTIES = {"IamUsers": "IAM_USERS", "GroupRoles": "GROUP_ROLES", "Prune": "PRUNE"}
+# ClusterId and SecretArn let the resource stand in the stack that makes the cluster.
+PROPERTIES = {
+    "IamUsers": "IAM_USERS",
+    "GroupRoles": "GROUP_ROLES",
+    "Prune": "PRUNE",
+    "ClusterId": "DB_CLUSTER_ID",
+    "SecretArn": "DB_SECRET_ARN",
+}
 # Where the launcher's own token is: CloudFormation adds it to every request.
-IGNORED = frozenset({"ServiceToken"})
-_REQUIRED = ("RequestType", "ResponseURL", "StackId", "RequestId", "LogicalResourceId")
+# CloudFormation's own (ServiceToken, ServiceTimeout) and the launcher's (Triggers).
+IGNORED = frozenset({"ServiceToken", "ServiceTimeout", "Triggers"})
+_REQUIRED = ("RequestType", "StackId", "RequestId", "LogicalResourceId")
+# Where the launcher keeps the ResponseURL instead of the request (an SSM parameter):
+# the task's overrides, which others read, never hold it.
+URL_PARAMETER = "ResponseURLParameter"
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,14 @@ class Request:
     logical_resource_id: str
     physical_resource_id: str | None
     properties: Mapping[str, Any]
+    # The SSM parameter holding the ResponseURL, when the launcher kept it there; the
+    # URL is then read from it (`with_url`) and the parameter deleted once answered.
+    url_parameter: str | None = None
+    # An Update the launcher sent while the stack rolls back (the old properties).
+    rollback: bool = False
+
+    def with_url(self, url: str) -> Request:
+        return dataclasses.replace(self, response_url=url)
 
     @property
     def resource_id(self) -> str:
@@ -64,14 +84,19 @@ def parse(text: str | None) -> Request:
         raise ConfigError(SETTING, f"not valid JSON: {exc.msg} at character {exc.pos}") from None
     if not isinstance(data, dict):
         raise ConfigError(SETTING, "must be a JSON object (the custom resource request)")
-    missing = [key for key in _REQUIRED if not isinstance(data.get(key), str) or not data[key]]
+    where = URL_PARAMETER if data.get(URL_PARAMETER) else "ResponseURL"
+    missing = [
+        key
+        for key in (_REQUIRED[0], where, *_REQUIRED[1:])
+        if not isinstance(data.get(key), str) or not data[key]
+    ]
     if missing:
         raise ConfigError(SETTING, f"missing or not a string: {', '.join(missing)}")
     if data["RequestType"] not in REQUEST_TYPES:
         raise ConfigError(
             SETTING, f"RequestType {data['RequestType']!r} is not one of {', '.join(REQUEST_TYPES)}"
         )
-    if urlsplit(data["ResponseURL"]).scheme not in ("https", "http"):
+    if where == "ResponseURL" and urlsplit(data["ResponseURL"]).scheme not in ("https", "http"):
         raise ConfigError(SETTING, "ResponseURL must be an http(s) URL")
     properties = data.get("ResourceProperties") or {}
     if not isinstance(properties, dict):
@@ -79,12 +104,14 @@ def parse(text: str | None) -> Request:
     physical = data.get("PhysicalResourceId")
     return Request(
         request_type=data["RequestType"],
-        response_url=data["ResponseURL"],
+        response_url=data.get("ResponseURL") or "",
         stack_id=data["StackId"],
         request_id=data["RequestId"],
         logical_resource_id=data["LogicalResourceId"],
         physical_resource_id=physical if isinstance(physical, str) and physical else None,
         properties=properties,
+        url_parameter=data.get(URL_PARAMETER) or None,
+        rollback=data.get("Rollback") is True,
     )
 
 
@@ -109,6 +136,8 @@ def _as_setting(name: str, value: Any) -> str:
         "IamUsers": "a string or a list",
         "GroupRoles": "a string or an object",
         "Prune": '"true" or "false"',
+        "ClusterId": "a string (the cluster's identifier)",
+        "SecretArn": "a string (the master secret's ARN)",
     }
     raise ConfigError(_property(name), f"must be {shapes[name]}, not {type(value).__name__}")
 
@@ -120,7 +149,7 @@ def overrides(request: Request) -> dict[str, str]:
         raise ConfigError(
             _property(unknown[0]),
             f"unknown propert{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
-            f"allowed: {', '.join(PROPERTIES)} (and ServiceToken)",
+            f"allowed: {', '.join(PROPERTIES)} (and {', '.join(sorted(IGNORED))})",
         )
     return {
         PROPERTIES[name]: _as_setting(name, value)

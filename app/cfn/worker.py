@@ -14,20 +14,40 @@ from typing import Any
 from app import log
 from app.cfn import request as cfnrequest
 from app.cfn import response
-from app.errors import ConfigError, ResponseNotDelivered
+from app.errors import BootstrapError, ConfigError, ResponseNotDelivered
 from app.inputs import settings
 from app.job.run import database_command
 from app.outcome import Outcome, Run
 from app.retry import Deadline
 from app.version import version
 
+# How long reading the ResponseURL from its parameter may take, before the run's own
+# deadline exists (the launcher answers FAILED if it cannot be read).
+URL_SECONDS = 30.0
+
 
 def command(args: argparse.Namespace, run: Run) -> dict[str, Any]:
-    # Without a readable request there is nowhere to answer: the result line alone.
-    request = read_request()
+    # Without a readable request there is nowhere to answer: the result line alone
+    # (the launcher, which still holds the URL, answers FAILED for the task).
+    request = with_response_url(read_request())
     worker = Worker(request, run.started)
     run.before_result = worker.answer
     return worker.work()
+
+
+def with_response_url(request: cfnrequest.Request) -> cfnrequest.Request:
+    """The request with its ResponseURL: as sent, or read from the SSM parameter the
+    launcher kept it in (never from the task's overrides, which others read)."""
+    if request.url_parameter is None:
+        return request
+    from app.aws import Aws  # noqa: PLC0415 (AWS only for a request the launcher sent)
+
+    url = Aws(Deadline(URL_SECONDS, setting="the wait for the ResponseURL")).secure_parameter(
+        request.url_parameter
+    )
+    found = request.with_url(url)
+    log.register_secret(found.response_signature)
+    return found
 
 
 def read_request() -> cfnrequest.Request:
@@ -95,11 +115,18 @@ class Worker:
         else:
             error = run.error or {"type": "internal_error", "message": "no error recorded"}
             status, reason = "FAILED", f"{error['type']} (exit {run.exit_code}): {error['message']}"
+            if request.rollback:
+                # A rollback never strands the stack in UPDATE_ROLLBACK_FAILED: the run
+                # changed nothing (one transaction), and the database keeps what the
+                # update before it committed, which verify shows.
+                status = "SUCCESS"
+                reason = f"rollback did not apply the old properties: {reason}; run verify"
         seconds = self.budget(stopped=run.exit_code in (130, 143))
         data = {"Changes": str(changes), "Version": version()}
         fields["request_type"] = request.request_type
         try:
             fields["response"] = response.answer(request, status, reason, data, seconds)
+            self.forget_url()
         except ResponseNotDelivered as exc:
             log.event("failed", logging.ERROR, error=exc.kind, detail=str(exc))
             fields["response"] = {"status": status, "delivered": False, **exc.details}
@@ -107,3 +134,17 @@ class Worker:
                 fields["run_error"] = run.error
             run.exit_code = exc.exit_code
             run.error = {"type": exc.kind, "message": log.redact(str(exc))}
+
+    def forget_url(self) -> None:
+        """Answered: the URL's parameter goes, which tells the launcher so (a task that
+        stops with it still there did not answer)."""
+        if self.request.url_parameter is None:
+            return
+        from app.aws import Aws  # noqa: PLC0415
+
+        try:
+            Aws(Deadline(URL_SECONDS, setting="the cleanup")).delete_parameter(
+                self.request.url_parameter
+            )
+        except BootstrapError as exc:
+            log.event("response_url_kept", logging.WARNING, error=exc.kind, detail=str(exc))
