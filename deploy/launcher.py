@@ -106,7 +106,12 @@ def answer(req: Request, status: str, reason: str, budget: Budget) -> str:
         except OSError as exc:
             attempt += 1
             if getattr(exc, "code", 500) < 500 or budget.left() < timeout + 2 or attempt == 4:
-                log("answer_failed", status=status, error=f"{type(exc).__name__}: {exc}")
+                log(
+                    "answer_failed",
+                    status=status,
+                    reason=reason,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 raise
             time.sleep(min(2**attempt / 2, 2))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -438,3 +439,253 @@ def _physical(cfn: Any, stack_id: str, logical: str) -> str:
     return next(
         str(r["PhysicalResourceId"]) for r in resources if r.get("LogicalResourceId") == logical
     )
+
+
+CDK = ROOT / "deploy" / "cdk"
+
+
+def _synthesize_the_cdk_example(tmp_path: Path) -> dict[str, Any]:
+    """deploy/cdk/example/app.ts (a DatabaseCluster and AuroraBootstrap in one stack),
+    type-checked by tsc against aws-cdk-lib and synthesized by node."""
+    tsc = npm_tool("tsc")
+    work = tmp_path / "cdk"
+    shutil.copytree(ROOT / "deploy", work / "deploy")
+    (work / "node_modules").symlink_to(ROOT / "node_modules")
+    strict = ("--strict", "--skipLibCheck", "--target", "es2022", "--module", "commonjs")
+    _passes(str(tsc), *strict, "--types", "node", "deploy/cdk/example/app.ts", cwd=work)
+    out = tmp_path / "cdk.out"
+    env = {**os.environ, "CDK_OUTDIR": str(out)}
+    _passes("node", "deploy/cdk/example/app.js", cwd=work, env=env)
+    synthesized = out / "Database.template.json"
+    # W3005 on CDK's own Lambda, which DependsOn its role's policy as well as its role.
+    _passes(CFN_LINT, "--ignore-checks", "W3005", "--", str(synthesized))
+    data: dict[str, Any] = json.loads(synthesized.read_text())
+    return data
+
+
+def _of_type(data: dict[str, Any], kind: str) -> list[str]:
+    return [name for name, r in data["Resources"].items() if r["Type"] == kind]
+
+
+def test_the_cdk_construct_makes_the_bootstrap_in_the_clusters_own_stack(tmp_path: Path) -> None:
+    data = _synthesize_the_cdk_example(tmp_path)
+    resources = data["Resources"]
+    [custom] = _of_type(data, "Custom::AuroraBootstrap")
+    [cluster] = _of_type(data, "AWS::RDS::DBCluster")
+    [writer] = _of_type(data, "AWS::RDS::DBInstance")
+    [launcher] = _of_type(data, "AWS::Lambda::Function")
+    resource = resources[custom]
+    props = resource["Properties"]
+    assert props["ServiceToken"] == {"Fn::GetAtt": [launcher, "Arn"]}
+    assert props["ClusterId"] == {"Ref": cluster}
+    assert set(props["Triggers"]) == {"Image", "IamUsers", "GroupRoles", "TaskDefinition"}
+    assert writer in resource["DependsOn"]  # the writer instance, not just the cluster
+    assert int(props["ServiceTimeout"]) <= 3600
+    function = resources[launcher]["Properties"]
+    assert "VpcConfig" not in function
+    assert function["Code"]["ZipFile"] == LAUNCHER.read_text()
+    deadline = int(function["Environment"]["Variables"]["DEADLINE_SECONDS"])
+    assert deadline + 120 <= int(props["ServiceTimeout"])
+    # The task is admitted to the cluster on its port, from its own security group.
+    [ingress] = _of_type(data, "AWS::EC2::SecurityGroupIngress")
+    rule = resources[ingress]["Properties"]
+    assert rule["FromPort"] == {"Fn::GetAtt": [cluster, "Endpoint.Port"]}
+    assert "UsersTaskSecurityGroup" in json.dumps(rule["SourceSecurityGroupId"])
+
+
+def _without_the_cluster(data: dict[str, Any], moto: InProcessMoto, password: str) -> str:
+    """The synthesized template less the cluster's own resources, which moto's
+    CloudFormation cannot make (it has no AWS::RDS::DBCluster, no Aurora DBInstance,
+    no AWS::SecretsManager::Secret): they are made through moto's RDS and Secrets
+    Manager APIs instead, and the template's references to them resolved. Scripted."""
+    [cluster] = _of_type(data, "AWS::RDS::DBCluster")
+    [writer] = _of_type(data, "AWS::RDS::DBInstance")
+    [secret] = _of_type(data, "AWS::SecretsManager::Secret")
+    [attachment] = _of_type(data, "AWS::SecretsManager::SecretTargetAttachment")
+    rds = moto.client("rds")
+    rds.create_db_cluster(
+        DBClusterIdentifier="database-cluster",
+        Engine="aurora-postgresql",
+        MasterUsername=localpg.MASTER_USER,
+        MasterUserPassword="unused-password",
+        EnableIAMDatabaseAuthentication=True,
+    )
+    made = rds.describe_db_clusters(DBClusterIdentifier="database-cluster")["DBClusters"][0]
+    login = {"username": localpg.MASTER_USER, "password": password}
+    arn = moto.client("secretsmanager").create_secret(
+        Name="database-master", SecretString=json.dumps(login)
+    )["ARN"]
+    gone = {cluster, writer, secret, attachment}
+    refs = {cluster: "database-cluster", writer: "database-writer", secret: arn, attachment: arn}
+    attributes = {
+        "Endpoint.Address": made["Endpoint"],
+        "Endpoint.Port": str(made["Port"]),
+        "ReadEndpoint.Address": made["ReaderEndpoint"],
+        "DBClusterArn": made["DBClusterArn"],
+    }
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("Ref") in refs:
+                return refs[node["Ref"]]
+            if "Fn::GetAtt" in node and node["Fn::GetAtt"][0] in gone:
+                return attributes[node["Fn::GetAtt"][1]]
+            out = {k: resolve(v) for k, v in node.items()}
+            depends = out.get("DependsOn")
+            if isinstance(depends, list):
+                out["DependsOn"] = [d for d in depends if d not in gone] or None
+            elif depends in gone:
+                out["DependsOn"] = None
+            return {k: v for k, v in out.items() if not (k == "DependsOn" and v is None)}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    kept = {k: v for k, v in data["Resources"].items() if k not in gone}
+    return json.dumps(resolve(data | {"Resources": kept}))
+
+
+def test_the_cdk_example_deploys_and_completes_when_the_worker_answers(
+    moto: InProcessMoto, pg18: localpg.LocalPostgres, tmp_path: Path
+) -> None:
+    """One stack: the cluster (played, see _without_the_cluster), the construct's task
+    definition, roles, launcher and rule, and Custom::AuroraBootstrap, which reaches
+    CREATE_COMPLETE when the task the launcher starts (the worker, run here as Fargate
+    would) answers. The worker takes ClusterId and SecretArn from the resource."""
+    data = _synthesize_the_cdk_example(tmp_path)
+    cfn = moto.client("cloudformation")
+    stack_id = cfn.create_stack(
+        StackName="Database",
+        TemplateBody=_without_the_cluster(data, moto, pg18.master_password),
+        Capabilities=["CAPABILITY_IAM"],
+    )["StackId"]
+    # Scripted: moto's RunTask needs a container-level memory, which a Fargate task
+    # definition need not give; the launcher runs the definition registered again
+    # with one, in the construct's family, which its role allows.
+    ecs = moto.client("ecs")
+    [made_arn] = _wait("task definition", lambda: ecs.list_task_definitions()["taskDefinitionArns"])
+    made = ecs.describe_task_definition(taskDefinition=made_arn)["taskDefinition"]
+    registered = _without_nulls(made)
+    registered["containerDefinitions"][0]["memory"] = int(made["memory"])
+    clean = ecs.register_task_definition(**registered)["taskDefinition"]["taskDefinitionArn"]
+    moto.environment_override["TASK_DEFINITION"] = clean
+    moto.ready.set()
+    _wait("invocation of the launcher", lambda: moto.events[:1])
+    assert _wait("launcher's result", lambda: moto.results) == ["STARTED"]
+    [cluster] = ecs.list_clusters()["clusterArns"]
+    arns = _wait("task", lambda: ecs.list_tasks(cluster=cluster)["taskArns"])
+    [task] = ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"]
+    [container] = task["overrides"]["containerOverrides"]
+    overridden = {e["name"]: e["value"] for e in container["environment"]}
+    request = json.loads(overridden["CFN_REQUEST"])
+    assert set(request["ResourceProperties"]) == {"ClusterId", "SecretArn"}
+    assert "ResponseURL" not in request
+    ssm = moto.client("ssm")
+    name = request["ResponseURLParameter"]
+    url = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    ssm.put_parameter(Name=name, Value=_reachable(url, moto), Type="SecureString", Overwrite=True)
+    [defined] = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])[
+        "taskDefinition"
+    ]["containerDefinitions"]
+    settings = {e["name"]: e["value"] for e in defined["environment"]} | overridden
+    # Where the database is: moto's cluster has none behind it, the local server does.
+    env = job_env(pg18, **settings, **moto.env)
+    del env["DB_PASSWORD"]  # the secret the resource names is the login
+    run = run_job(env, *container["command"])
+    assert run.code == 0, run
+    stack = cfn.describe_stacks(StackName=stack_id)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+    state = catalog(pg18)
+    assert members_of(state, "app_user") == {"rds_iam", "app_readwrite"}
+    assert members_of(state, "report_user") == {"rds_iam", "app_readonly"}
+
+
+TERRAFORM_MODULE = ROOT / "deploy" / "terraform" / "aurora-bootstrap"
+
+
+def test_the_terraform_module_passes_the_templates_parameters_and_declares_its_variables() -> None:
+    """Read as text (no Terraform binary or provider is installed here): every
+    parameter the module gives the stack is one of the template's, every parameter the
+    template requires is given, the in-stack resource is on, and the variables used
+    are the variables declared."""
+    main = (TERRAFORM_MODULE / "main.tf").read_text()
+    variables = (TERRAFORM_MODULE / "variables.tf").read_text()
+    declared = set(re.findall(r'^variable "(\w+)"', variables, flags=re.M))
+    used = set(re.findall(r"\bvar\.(\w+)", main + variables))
+    assert used == declared, used ^ declared
+    block = main.split("parameters = {", 1)[1].split("\n  }", 1)[0]
+    given = dict(re.findall(r"^\s+(\w+)\s+=\s+(.+)$", block, flags=re.M))
+    parameters = template()["Parameters"]
+    assert set(given) <= set(parameters), set(given) - set(parameters)
+    required = {name for name, p in parameters.items() if "Default" not in p}
+    assert required <= set(given), required - set(given)
+    assert given["BootstrapOnDeploy"] == '"true"'
+    assert 'file("${path.module}/../../cloudformation.yaml")' in main
+    assert (TERRAFORM_MODULE / "../../cloudformation.yaml").resolve() == TEMPLATE
+
+
+def test_the_terraform_module_is_formatted(tmp_path: Path) -> None:
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("no terraform binary on this machine")
+    _passes(terraform, "fmt", "-check", "-diff", "-no-color", cwd=TERRAFORM_MODULE)
+
+
+def test_the_terraform_module_is_valid(tmp_path: Path) -> None:
+    """terraform validate needs the AWS provider's schema: skipped where the provider
+    cannot be installed (no registry here; the README's form stands in for it with
+    terraform_data, the module cannot)."""
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("no terraform binary on this machine")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    work = tmp_path / "deploy" / "terraform" / "aurora-bootstrap"
+    config = tmp_path / "terraformrc"
+    config.write_text("")
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(config), "TF_IN_AUTOMATION": "1"}
+    init = subprocess.run(
+        [terraform, "init", "-backend=false", "-input=false", "-no-color"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if init.returncode != 0 and "registry.terraform.io" in init.stdout + init.stderr:
+        pytest.skip("the AWS provider cannot be installed here (no registry)")
+    assert init.returncode == 0, init.stdout + init.stderr
+    _passes(terraform, "validate", "-no-color", cwd=work, env=env)
+
+
+_CLUSTER_STAND_INS = """  AuroraCluster:
+    Type: AWS::RDS::DBCluster
+    Properties:
+      Engine: aurora-postgresql
+      MasterUsername: master
+      ManageMasterUserPassword: true
+  AuroraInstance:
+    Type: AWS::RDS::DBInstance
+    Properties:
+      Engine: aurora-postgresql
+      DBClusterIdentifier: !Ref AuroraCluster
+      DBInstanceClass: db.serverless
+  DatabaseSecurityGroup:
+    Type: AWS::EC2::SecurityGroup
+    Properties:
+      GroupDescription: the cluster
+"""
+
+
+def test_the_same_stack_cloudformation_form_is_cfn_lint_clean(tmp_path: Path) -> None:
+    """The docs' form in the stack that makes the cluster, with the cluster, its writer
+    and its security group it names, cfn-lint clean; it names the cluster and its
+    managed secret as properties and admits the task stack's security group."""
+    page = (ROOT / IAC_PAGE[0]).read_text()
+    section = page.split("## In the stack that makes the cluster", 1)[1]
+    snippet = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    for needed in ("ClusterId: !Ref AuroraCluster", "TaskSecurityGroupId", "SecretArn:"):
+        assert needed in snippet
+    stack = tmp_path / "cluster-stack.yaml"
+    stack.write_text('AWSTemplateFormatVersion: "2010-09-09"\n' + snippet + _CLUSTER_STAND_INS)
+    _passes(CFN_LINT, str(stack))
