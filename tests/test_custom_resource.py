@@ -18,6 +18,7 @@ from tests.cfnserver import STACK, ResponseServer
 from tests.conftest import Job, JobRun, catalog, job_env, members_of, role, run_job
 from tests.faultproxy import FaultProxy
 from tests.test_apply import _lock_key
+from tests.test_aws import make_cluster
 from tools import localpg
 
 
@@ -383,19 +384,7 @@ def test_the_resource_names_the_cluster_it_stands_beside(
 ) -> None:
     """ClusterId: the cluster's managed secret, found through DescribeDBClusters. The
     endpoint stays DB_HOST's (moto's cluster has no database behind it)."""
-    rds = aws.admin("rds")
-    rds.create_db_cluster(
-        DBClusterIdentifier="same-stack",
-        Engine="aurora-postgresql",
-        MasterUsername=localpg.MASTER_USER,
-        ManageMasterUserPassword=True,
-        EnableIAMDatabaseAuthentication=True,
-    )
-    found = rds.describe_db_clusters(DBClusterIdentifier="same-stack")["DBClusters"][0]
-    login = {"username": localpg.MASTER_USER, "password": pg18.master_password}
-    aws.admin("secretsmanager").put_secret_value(
-        SecretId=found["MasterUserSecret"]["SecretArn"], SecretString=json.dumps(login)
-    )
+    make_cluster(aws, pg18, name="same-stack")  # its managed secret holds the login
     env = worker(pg18, cfn_request(cfn.url, IamUsers="alice", ClusterId="same-stack"))
     env |= awsemu.client_env(aws.url)
     del env["DB_PASSWORD"]

@@ -50,12 +50,8 @@ def cfn() -> Iterator[ResponseServer]:
     server.stop()
 
 
-@pytest.fixture
-def ecs(aws: awsemu.Emulator, monkeypatch: pytest.MonkeyPatch) -> awsemu.Emulator:
-    """A cluster, a task definition and a network, and the launcher's environment as
-    the template sets it; boto3 in this process reaches moto through the proxy."""
-    _vpc, [subnet], group = awsemu.fargate_network(aws.admin("ec2"), "10.2")
-    aws.admin("ecs").create_cluster(clusterName=CLUSTER)
+def register(aws: awsemu.Emulator, image: str) -> str:
+    """A revision of the stack's task definition family, with `image`."""
     definition = aws.admin("ecs").register_task_definition(
         family=FAMILY,
         networkMode="awsvpc",
@@ -63,9 +59,19 @@ def ecs(aws: awsemu.Emulator, monkeypatch: pytest.MonkeyPatch) -> awsemu.Emulato
         cpu="256",
         memory="512",
         containerDefinitions=[
-            {"name": "bootstrap", "image": "aurora-bootstrap:1.0", "memory": 512, "essential": True}
+            {"name": "bootstrap", "image": image, "memory": 512, "essential": True}
         ],
     )["taskDefinition"]
+    return str(definition["taskDefinitionArn"])
+
+
+@pytest.fixture
+def ecs(aws: awsemu.Emulator, monkeypatch: pytest.MonkeyPatch) -> awsemu.Emulator:
+    """A cluster, a task definition and a network, and the launcher's environment as
+    the template sets it; boto3 in this process reaches moto through the proxy."""
+    _vpc, [subnet], group = awsemu.fargate_network(aws.admin("ec2"), "10.2")
+    aws.admin("ecs").create_cluster(clusterName=CLUSTER)
+    definition = {"taskDefinitionArn": register(aws, "aurora-bootstrap:1.0")}
     for key, value in awsemu.client_env(aws.url).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_DEFAULT_REGION", awsemu.REGION)  # Lambda's runtime sets both
@@ -447,16 +453,7 @@ def test_a_rollback_runs_the_old_task_definition_and_never_strands_the_stack(
 
     ecs.state.rewrites.append(rolling_back)
     old = os.environ["TASK_DEFINITION"]
-    newer = ecs.admin("ecs").register_task_definition(
-        family=FAMILY,
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="256",
-        memory="512",
-        containerDefinitions=[
-            {"name": "bootstrap", "image": "aurora-bootstrap:2.0", "memory": 512, "essential": True}
-        ],
-    )["taskDefinition"]["taskDefinitionArn"]
+    newer = register(ecs, "aurora-bootstrap:2.0")
     os.environ["TASK_DEFINITION"] = newer  # the stack's current one, as the Lambda has it
     sent = event(cfn.url, "Update", IamUsers="alice") | {"StackId": stack}
     sent["ResourceProperties"]["Triggers"]["TaskDefinition"] = old
