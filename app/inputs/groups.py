@@ -10,10 +10,12 @@ guesses a default.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.errors import ConfigError
 from app.inputs.users import NAME_RE, NAME_RULE, RESERVED_NAMES, RESERVED_USER_PREFIXES, IamUser
@@ -185,23 +187,111 @@ def _grant(setting: str, where: str, raw: object) -> Grant:
     return Grant(schemas, str(access), database, owners)
 
 
+# What a document may be: at most 1 MiB, also once YAML's aliases are expanded (the
+# job hands the document on as JSON, where an alias is a copy), and nested no deeper
+# than the grammar goes (a group, its grants, a grant, its lists, a name: five; the
+# rest is room).
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_DEPTH = 8
+
+
+def _unique_keys(setting: str) -> Callable[[list[tuple[str, object]]], dict[str, object]]:
+    """JSON's object_pairs_hook: a key given twice is an error, not the last one kept."""
+
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ConfigError(setting, f"key {key!r} is given twice in one mapping")
+            seen.add(key)
+        return dict(pairs)
+
+    return hook
+
+
+@functools.cache
+def _yaml_loader() -> type:
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping (merge keys, `<<`,
+    are YAML's way to override, and are left to it)."""
+    import yaml  # noqa: PLC0415 (YAML only for a document that is not JSON)
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice in one mapping",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+            mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+            return mapping
+
+    return UniqueKeys
+
+
+def _bounded(setting: str, data: object) -> object:
+    """The document no deeper than MAX_DEPTH and, expanded, no larger than
+    MAX_DOCUMENT_BYTES (a walk that stops at the bound, so an alias bomb costs it no
+    more than a document of that size would)."""
+    budget = MAX_DOCUMENT_BYTES
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                setting, f"is nested deeper than the grammar goes ({MAX_DEPTH} levels at most)"
+            )
+        if isinstance(node, dict):
+            budget -= 2
+            stack.extend((key, depth + 1) for key in node)
+            stack.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            budget -= 2
+            stack.extend((value, depth + 1) for value in node)
+        else:
+            budget -= len(str(node)) + 1
+        if budget < 0:
+            raise ConfigError(
+                setting, "expands past the 1 MiB a document may be (YAML aliases are copies)"
+            )
+    return data
+
+
 def _document(setting: str, text: str) -> object:
     """JSON, or else YAML (of which JSON is nearly a subset; JSON is tried first for
     its precise errors, and to keep the YAML parser off the import path)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_DOCUMENT_BYTES:
+        raise ConfigError(setting, f"is {size} bytes, over the 1 MiB a document may be")
     stripped = text.strip()
+    too_deep = ConfigError(
+        setting, f"is nested deeper than the grammar goes ({MAX_DEPTH} levels at most)"
+    )
     if stripped.startswith("{"):
         try:
-            return json.loads(stripped)
+            return _bounded(setting, json.loads(stripped, object_pairs_hook=_unique_keys(setting)))
         except json.JSONDecodeError:
             pass
+        except RecursionError:
+            raise too_deep from None
     import yaml  # noqa: PLC0415
 
     try:
-        return yaml.safe_load(stripped)
+        data = yaml.load(stripped, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise too_deep from None
     except yaml.YAMLError as exc:
         raise ConfigError(
             setting, f"not valid JSON or YAML: {' '.join(str(exc).split())}"
         ) from None
+    return _bounded(setting, data)
 
 
 def parse(text: str, setting: str = SETTING) -> GroupRoles:
@@ -225,6 +315,12 @@ def parse(text: str, setting: str = SETTING) -> GroupRoles:
 
 def load_file(path: Path) -> GroupRoles:
     try:
+        # Not read at all when it is too large to be a document.
+        if path.is_file() and path.stat().st_size > MAX_DOCUMENT_BYTES:
+            size = path.stat().st_size
+            raise ConfigError(
+                FILE_SETTING, f"{path} is {size} bytes, over the 1 MiB a document may be"
+            )
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(FILE_SETTING, f"cannot read {path}: {exc.strerror}") from None
