@@ -189,9 +189,11 @@ class JobRun:
 
 
 def npm_tool(name: str) -> Path:
-    """A tool package-lock.json installs (node_modules/.bin); in CI it must be there,
-    elsewhere its check is skipped without it."""
-    tool = ROOT / "node_modules" / ".bin" / name
+    """A tool package-lock.json installs (node_modules/.bin, or a path under
+    node_modules for a package that ships a binary without linking it); in CI it must
+    be there, elsewhere its check is skipped without it."""
+    modules = ROOT / "node_modules"
+    tool = modules / name if "/" in name else modules / ".bin" / name
     if not tool.exists():
         message = f"{name} is not installed: npm ci (package-lock.json)"
         pytest.fail(message) if IN_CI else pytest.skip(message)

@@ -105,7 +105,7 @@ def test_dbmate_applies_it_as_a_migration_and_again_as_a_new_one(
 ) -> None:
     """dbmate wraps each migration in a transaction of its own; the second migration
     is the same file printed again, as a team regenerates it when settings change."""
-    dbmate = npm_tool("dbmate")
+    dbmate = npm_tool("@dbmate/linux-x64/bin/dbmate")
     env = job_env(pg18, IAM_USERS=USERS)
     text = printed(env).stdout
     migrations = tmp_path / "db" / "migrations"
