@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import job_env, run_job
+from tests.conftest import catalog, job_env, run_job
+from tools import localpg
 
 
 def refused(text: str, setting: str = "GROUP_ROLES", tmp_path: Path | None = None) -> str:
@@ -82,3 +83,27 @@ def test_a_yaml_alias_of_a_small_grant_still_works(tmp_path: Path) -> None:
     env = job_env(GROUP_ROLES=text, IAM_USERS="alice:app_reporting")
     run = run_job(env, "sql")
     assert run.code == 0, run.stderr
+
+
+@pytest.mark.parametrize("command", ["apply", "plan", "verify"])
+def test_a_login_role_declared_as_a_group_is_refused_with_nothing_changed(
+    pg18: localpg.LocalPostgres, command: str
+) -> None:
+    """A typo, or a hand-made user: under PRUNE it would lose its grants. Refused by
+    name before anything runs, in each command."""
+    with pg18.superuser_connect("postgres") as conn:
+        conn.execute("CREATE ROLE app_reporter LOGIN")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA pg_catalog TO app_reporter")
+    before = catalog(pg18)
+    groups = {
+        "app_readonly": [{"schemas": ["public"], "access": "read"}],
+        "app_reporter": [{"schemas": ["public"], "access": "read"}],
+    }
+    env = job_env(
+        pg18, IAM_USERS="alice:app_readonly", GROUP_ROLES=json.dumps(groups), PRUNE="true"
+    )
+    run = run_job(env, command)
+    assert run.code == 2, run
+    message = str(run.result["error"]["message"])
+    assert message.startswith("GROUP_ROLES") and "app_reporter" in message, message
+    assert catalog(pg18) == before

@@ -7,10 +7,12 @@ act on those alone, never on a role the job did not make or adopt.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
 
+from app.errors import ConfigError
 from app.inputs import users
 
 # The users init.sql manages are the members of MANAGED_ROLE; group roles it creates
@@ -97,3 +99,26 @@ def prune_findings(cur: psycopg.Cursor[Any]) -> list[Finding]:
         for name, fix in cur.fetchall()
     ]
     return found
+
+
+# Declared group roles that exist as roles that can log in: a typo for another name,
+# or a user made by hand, whose grants PRUNE would take.
+_LOGIN_ROLES = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin ORDER BY 1"
+
+
+def refuse_login_groups(cur: psycopg.Cursor[Any], group_roles: str, setting: str | None) -> None:
+    """A declared group is a NOLOGIN role: one that exists as a LOGIN role is refused
+    by name (exit 2), in the run's own transaction before anything is changed. (Not
+    the shipped default's, `setting` None, which only adds.)"""
+    declared = list(json.loads(group_roles))
+    if setting is None or not declared:
+        return
+    cur.execute(_LOGIN_ROLES, (declared,))
+    found = [str(name) for (name,) in cur.fetchall()]
+    if found:
+        names = ", ".join(repr(name) for name in found)
+        raise ConfigError(
+            setting,
+            f"declares {names}, which exist as LOGIN roles (users), not groups: correct the "
+            "name, or, if the role is a group, ALTER ROLE ... NOLOGIN first",
+        )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from app import log, retry
 from app.changelog import ChangeLog
 from app.errors import BootstrapError, ConfigError
-from app.inputs import settings
+from app.inputs import groups, settings
 from app.job import databases, script, transaction, verify
 from app.login import connect, credentials
 
@@ -114,7 +114,13 @@ def database_command(
         for name in names[1:]:
             session.retried(f"connecting to database {name}", lambda conn: None, name)
     inputs = transaction.Inputs(
-        conf.iam_users, login.user, conf.prune, group_roles.to_json(login.dbname, login.user)
+        conf.iam_users,
+        login.user,
+        conf.prune,
+        group_roles.to_json(login.dbname, login.user),
+        # The shipped default's groups may have been given LOGIN by hand (a legacy
+        # application logging in as one): it only adds, and refuses nothing.
+        None if group_roles is groups.DEFAULT else group_roles.source,
     )
     if program is None:
         return _verify(session, names, privileges, inputs, connect_each=connect_each)

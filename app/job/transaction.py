@@ -63,6 +63,8 @@ class Inputs:
     master_user: str
     prune: bool
     group_roles: str = "{}"  # GROUP_ROLES as JSON, every default resolved
+    # Where a declared document came from, for its errors; None for the shipped default.
+    groups_setting: str | None = None
 
     def settings(self) -> tuple[str, str, str, str]:
         prune = "true" if self.prune else "false"
@@ -335,6 +337,7 @@ class Attempts:
         _begin(cur, self.deadline)
         locked = time.monotonic()
         cur.execute(SET_INPUTS, self.inputs.settings())
+        managed.refuse_login_groups(cur, self.inputs.group_roles, self.inputs.groups_setting)
         snapshot = Snapshot.of(conn)
         snapshot.remember(cur)
         self._check_lost_commit(snapshot, cur)

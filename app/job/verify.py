@@ -118,6 +118,7 @@ def privilege_findings(
     conn.read_only = True
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(SET_INPUTS, inputs.settings())
+        managed.refuse_login_groups(cur, inputs.group_roles, inputs.groups_setting)
         cur.execute("SELECT set_config('bootstrap.check_only', 'true', true)")
         run_script(conn, cur, privileges, deadline)
         return script_output(cur, "bootstrap.drift") + script_findings(cur)
