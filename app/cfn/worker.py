@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import log
 from app.cfn import request as cfnrequest
@@ -20,6 +20,9 @@ from app.job.run import database_command
 from app.outcome import Outcome, Run
 from app.retry import Deadline
 from app.version import version
+
+if TYPE_CHECKING:
+    from app.aws import Aws
 
 # How long reading the ResponseURL from its parameter may take, before the run's own
 # deadline exists (the launcher answers FAILED if it cannot be read).
@@ -35,16 +38,20 @@ def command(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     return worker.work()
 
 
+def _ssm(what: str) -> Aws:
+    """AWS for the URL's parameter, with a deadline of its own (the run's may not exist
+    yet, or be over)."""
+    from app.aws import Aws  # noqa: PLC0415 (AWS only for a request the launcher sent)
+
+    return Aws(Deadline(URL_SECONDS, setting=what))
+
+
 def with_response_url(request: cfnrequest.Request) -> cfnrequest.Request:
     """The request with its ResponseURL: as sent, or read from the SSM parameter the
     launcher kept it in (never from the task's overrides, which others read)."""
     if request.url_parameter is None:
         return request
-    from app.aws import Aws  # noqa: PLC0415 (AWS only for a request the launcher sent)
-
-    url = Aws(Deadline(URL_SECONDS, setting="the wait for the ResponseURL")).secure_parameter(
-        request.url_parameter
-    )
+    url = _ssm("the wait for the ResponseURL").secure_parameter(request.url_parameter)
     found = request.with_url(url)
     log.register_secret(found.response_signature)
     return found
@@ -140,11 +147,7 @@ class Worker:
         stops with it still there did not answer)."""
         if self.request.url_parameter is None:
             return
-        from app.aws import Aws  # noqa: PLC0415
-
         try:
-            Aws(Deadline(URL_SECONDS, setting="the cleanup")).delete_parameter(
-                self.request.url_parameter
-            )
+            _ssm("the cleanup").delete_parameter(self.request.url_parameter)
         except BootstrapError as exc:
             log.event("response_url_kept", logging.WARNING, error=exc.kind, detail=str(exc))

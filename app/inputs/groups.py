@@ -236,6 +236,12 @@ def _yaml_loader() -> type:
     return UniqueKeys
 
 
+def _too_deep(setting: str) -> ConfigError:
+    return ConfigError(
+        setting, f"is nested deeper than the grammar goes ({MAX_DEPTH} levels at most)"
+    )
+
+
 def _bounded(setting: str, data: object) -> object:
     """The document no deeper than MAX_DEPTH and, expanded, no larger than
     MAX_DOCUMENT_BYTES (a walk that stops at the bound, so an alias bomb costs it no
@@ -245,9 +251,7 @@ def _bounded(setting: str, data: object) -> object:
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise ConfigError(
-                setting, f"is nested deeper than the grammar goes ({MAX_DEPTH} levels at most)"
-            )
+            raise _too_deep(setting)
         if isinstance(node, dict):
             budget -= 2
             stack.extend((key, depth + 1) for key in node)
@@ -271,22 +275,19 @@ def _document(setting: str, text: str) -> object:
     if size > MAX_DOCUMENT_BYTES:
         raise ConfigError(setting, f"is {size} bytes, over the 1 MiB a document may be")
     stripped = text.strip()
-    too_deep = ConfigError(
-        setting, f"is nested deeper than the grammar goes ({MAX_DEPTH} levels at most)"
-    )
     if stripped.startswith("{"):
         try:
             return _bounded(setting, json.loads(stripped, object_pairs_hook=_unique_keys(setting)))
         except json.JSONDecodeError:
             pass
         except RecursionError:
-            raise too_deep from None
+            raise _too_deep(setting) from None
     import yaml  # noqa: PLC0415
 
     try:
         data = yaml.load(stripped, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader)
     except RecursionError:
-        raise too_deep from None
+        raise _too_deep(setting) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
             setting, f"not valid JSON or YAML: {' '.join(str(exc).split())}"

@@ -22,6 +22,7 @@ from psycopg import sql
 from app import log
 from app.inputs import settings
 from app.job import script
+from app.job.transaction import Inputs
 from app.outcome import Run
 from app.version import version
 
@@ -37,19 +38,17 @@ def _literal(text: str) -> str:
 
 
 def inputs(conf: settings.Settings) -> dict[str, str]:
-    """Each bootstrap.* input the scripts read, as the SQL expression bound for it."""
-    users = json.dumps(
-        [{"name": u.name, "roles": list(u.roles)} for u in conf.iam_users], ensure_ascii=True
-    )
-    groups = json.loads(conf.group_roles.to_json(conf.db_name, _MASTER))
-    document = json.dumps(groups, ensure_ascii=True, separators=(",", ":"))
+    """Each bootstrap.* input the scripts read, as the SQL expression bound for it: the
+    values `apply` sets (its Inputs), but for the master, who is whoever applies."""
+    document = conf.group_roles.to_json(conf.db_name, _MASTER)
+    users, _, prune, groups = Inputs(conf.iam_users, _MASTER, conf.prune, document).settings()
     master = json.dumps(_MASTER)
     return {
         "iam_users": _literal(users),
         "master_user": "current_user::text",
-        "prune": _literal("true" if conf.prune else "false"),
+        "prune": _literal(prune),
         "group_roles": (
-            f"replace({_literal(document)}, {_literal(master)}, to_json(current_user::text)::text)"
+            f"replace({_literal(groups)}, {_literal(master)}, to_json(current_user::text)::text)"
         ),
     }
 

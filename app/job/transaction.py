@@ -337,7 +337,8 @@ class Attempts:
         _begin(cur, self.deadline)
         locked = time.monotonic()
         cur.execute(SET_INPUTS, self.inputs.settings())
-        managed.refuse_login_groups(cur, self.inputs.group_roles, self.inputs.groups_setting)
+        if not self.database_changes_only:  # roles are the cluster's: once, in DB_NAME
+            managed.refuse_login_groups(cur, self.inputs.group_roles, self.inputs.groups_setting)
         snapshot = Snapshot.of(conn)
         snapshot.remember(cur)
         self._check_lost_commit(snapshot, cur)
