@@ -1,10 +1,11 @@
 """The changes of a run, kept on disk as they arrive, one JSON object per line.
 
-A run that creates 10,000 users reports about 40,000 changes; held as Python objects
-and then as one JSON string they doubled the job's memory. They are written to a
-temporary file as the server sends them, and copied from it into the result line.
+Changes alike but for one name are one entry that lists the names and their count
+(sql/report/changes.sql): 10,000 new users are a few entries, each naming them all.
+The entries are written to a temporary file as the server sends them, and copied from
+it into the result line, so that the job's memory holds no more than one of them.
 Where no temporary file can be made (a read-only root file system), they are kept in
-memory as text.
+memory as text. The log's length is the number of changes, not of entries.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 Change = dict[str, object]
+
+
+def _changes_in(text: str) -> int:
+    """How many changes an entry stands for: its count, where it has one."""
+    if '"count"' not in text:
+        return 1
+    count = json.loads(text).get("count", 1)
+    return count if isinstance(count, int) else 1
 
 
 def _spool() -> IO[str]:
@@ -31,14 +40,14 @@ class ChangeLog:
         self._count = 0
 
     def add_json(self, text: str) -> None:
-        """One change, as the JSON text of an object."""
+        """One entry, as the JSON text of an object."""
         self._file.write(text.replace("\n", " ") + "\n")
-        self._count += 1
+        self._count += _changes_in(text)
 
     def add_lines(self, block: str) -> None:
-        """Changes as JSON objects, one a line (none holding a newline)."""
+        """Entries as JSON objects, one a line (none holding a newline)."""
         self._file.write(block + "\n")
-        self._count += block.count("\n") + 1
+        self._count += sum(_changes_in(line) for line in block.split("\n"))
 
     def add(self, change: Change) -> None:
         self.add_json(json.dumps(change, separators=(",", ":"), ensure_ascii=False))

@@ -16,11 +16,12 @@ import time
 
 from app.inputs.groups import DEFAULT
 from app.inputs.settings import default_init_sql
+from app.inputs.users import parse
 from app.job import script
 from app.job import snapshot as catalog
 from app.job import transaction as apply
 from app.retry import Deadline
-from bench.bench import fresh, users_json, users_list
+from bench.bench import fresh, users_list
 from tools import localpg
 
 
@@ -31,8 +32,10 @@ def measure(bindir: object, n: int) -> tuple[float, int, float, int]:
     try:
         with bench.server.master_connect() as conn, conn.cursor() as cur:
             timings: list[tuple[float, int]] = []
-            for listed, prune in ((users_json(users_list("u", n)), "false"), ("[]", "true")):
-                cur.execute(apply.SET_INPUTS, (listed, localpg.MASTER_USER, prune, groups))
+            for listed, prune in ((parse(users_list("u", n)), False), ((), True)):
+                apply.set_inputs(
+                    cur, apply.Inputs(listed, localpg.MASTER_USER, prune, groups, exact=False)
+                )
                 snapshot = catalog.Snapshot.of(conn)
                 snapshot.remember(cur)
                 apply.run_script(conn, cur, program, Deadline(600))

@@ -176,9 +176,16 @@ class JobRun:
         return data
 
     @property
+    def entries(self) -> list[dict[str, Any]]:
+        """The result line's changes as it gives them: changes alike but for one name
+        are one entry, listing the names and their count."""
+        entries: list[dict[str, Any]] = self.result["changes"]
+        return entries
+
+    @property
     def changes(self) -> list[dict[str, Any]]:
-        changes: list[dict[str, Any]] = self.result["changes"]
-        return changes
+        """Each change on its own (see `expand`)."""
+        return expand(self.entries)
 
     @property
     def logs(self) -> list[dict[str, Any]]:
@@ -210,6 +217,28 @@ def job_env(server: localpg.LocalPostgres | None = None, /, **overrides: str) ->
         env |= server.job_env()
     env |= overrides
     return {k: v for k, v in env.items() if v is not None}
+
+
+# An entry standing for several changes names them under the plural of the field that
+# tells them apart, with their count.
+PLURALS = {"roles": "role", "members": "member", "objects": "object"}
+
+
+def expand(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Grouped entries (changes, findings) as one entry per change, in order: an entry
+    with a count becomes one per name of its plural field, each named as a change on
+    its own is."""
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        plural = next((p for p in PLURALS if p in entry and "count" in entry), None)
+        if plural is None:
+            out.append(entry)
+            continue
+        names = entry[plural]
+        assert entry["count"] == len(names), entry
+        rest = {k: v for k, v in entry.items() if k not in (plural, "count")}
+        out.extend({**rest, PLURALS[plural]: name} for name in names)
+    return out
 
 
 class Job:

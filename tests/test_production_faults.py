@@ -225,8 +225,8 @@ def test_commit_whose_reply_is_lost_is_confirmed_and_reported(
     assert_exact(pg)
     result = run.result
     assert result["commit_confirmed_after_reconnect"] is True
-    created = {c["role"] for c in result["changes"] if c["action"] == "create_role"}
-    assert created >= {"alice", "bob", "carol", "analytics"}, result["changes"]
+    created = {c["role"] for c in run.changes if c["action"] == "create_role"}
+    assert created >= {"alice", "bob", "carol", "analytics"}, run.changes
     # A normal run says nothing of the kind.
     again = run_job(job_env(pg, IAM_USERS=USERS))
     assert again.changes == [] and "commit_confirmed_after_reconnect" not in again.result

@@ -101,24 +101,45 @@ def prune_findings(cur: psycopg.Cursor[Any]) -> list[Finding]:
     return found
 
 
-# Declared group roles that exist as roles that can log in: a typo for another name,
-# or a user made by hand, whose grants PRUNE would take.
-_LOGIN_ROLES = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin ORDER BY 1"
+# Declared group roles that exist as roles that can log in (a typo for another name,
+# or a user made by hand, whose grants PRUNE would take), and the server's version.
+_LOGIN_ROLES = (
+    "SELECT ARRAY(SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin"
+    " ORDER BY 1), current_setting('server_version_num')::int"
+)
+# The first version that has the MAINTAIN privilege.
+MAINTAIN_SINCE = 170000
 
 
-def refuse_login_groups(cur: psycopg.Cursor[Any], group_roles: str, setting: str | None) -> None:
-    """A declared group is a NOLOGIN role: one that exists as a LOGIN role is refused
-    by name (exit 2), in the run's own transaction before anything is changed. (Not
-    the shipped default's, `setting` None, which only adds.)"""
-    declared = list(json.loads(group_roles))
+def _maintain(declared: dict[str, Any]) -> bool:
+    return any(
+        "MAINTAIN" in grant["privileges"].get("tables", ())
+        for group in declared.values()
+        for grant in group["grants"]
+    )
+
+
+def check_groups(cur: psycopg.Cursor[Any], group_roles: str, setting: str | None) -> None:
+    """What of a declared document only the server can refuse, refused by name (exit
+    2) in the run's own transaction before anything is changed: a declared group
+    that exists as a LOGIN role (a group is a NOLOGIN role), and MAINTAIN before
+    PostgreSQL 17. (Not the shipped default's, `setting` None, which only adds.)"""
+    declared = json.loads(group_roles)
     if setting is None or not declared:
         return
-    cur.execute(_LOGIN_ROLES, (declared,))
-    found = [str(name) for (name,) in cur.fetchall()]
-    if found:
-        names = ", ".join(repr(name) for name in found)
+    cur.execute(_LOGIN_ROLES, (list(declared),))
+    row = cur.fetchone()
+    logins, version = row if row is not None else ([], MAINTAIN_SINCE)
+    if logins:
+        names = ", ".join(repr(str(name)) for name in logins)
         raise ConfigError(
             setting,
             f"declares {names}, which exist as LOGIN roles (users), not groups: correct the "
             "name, or, if the role is a group, ALTER ROLE ... NOLOGIN first",
+        )
+    if int(version) < MAINTAIN_SINCE and _maintain(declared):
+        raise ConfigError(
+            setting,
+            f"grants MAINTAIN on tables, which PostgreSQL has from version 17; this server "
+            f"is {int(version) // 10000}",
         )

@@ -40,17 +40,22 @@ def _literal(text: str) -> str:
 def inputs(conf: settings.Settings) -> dict[str, str]:
     """Each bootstrap.* input the scripts read, as the SQL expression bound for it: the
     values `apply` sets (its Inputs), but for the master, who is whoever applies."""
-    document = conf.group_roles.to_json(conf.db_name, _MASTER)
-    users, _, prune, groups = Inputs(conf.iam_users, _MASTER, conf.prune, document).settings()
-    master = json.dumps(_MASTER)
-    return {
-        "iam_users": _literal(users),
-        "master_user": "current_user::text",
-        "prune": _literal(prune),
-        "group_roles": (
-            f"replace({_literal(groups)}, {_literal(master)}, to_json(current_user::text)::text)"
-        ),
-    }
+    groups = conf.group_roles
+    given = Inputs(
+        conf.iam_users,
+        _MASTER,
+        conf.prune,
+        groups.to_json(conf.db_name, _MASTER),
+        None,
+        groups.exact,
+    ).settings()
+    master = _literal(json.dumps(_MASTER))
+    bound = {name: _literal(value) for name, value in given.items() if name != "master_user"}
+    bound["master_user"] = "current_user::text"
+    bound["group_roles"] = (
+        f"replace({bound['group_roles']}, {master}, to_json(current_user::text)::text)"
+    )
+    return bound
 
 
 def bind(statement: str, bound: dict[str, str]) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from app import log, retry
 from app.changelog import ChangeLog
 from app.errors import BootstrapError, ConfigError
-from app.inputs import groups, settings
+from app.inputs import settings
 from app.job import databases, script, transaction, verify
 from app.login import connect, credentials
 
@@ -120,7 +120,8 @@ def database_command(
         group_roles.to_json(login.dbname, login.user),
         # The shipped default's groups may have been given LOGIN by hand (a legacy
         # application logging in as one): it only adds, and refuses nothing.
-        None if group_roles is groups.DEFAULT else group_roles.source,
+        group_roles.source if group_roles.exact else None,
+        group_roles.exact,
     )
     if program is None:
         return _verify(session, names, privileges, inputs, connect_each=connect_each)
@@ -136,17 +137,19 @@ def _verify(
     connect_each: bool,
 ) -> dict[str, Any]:
     login, conf, deadline = session.login, session.conf, session.deadline
-    found = session.retried(
-        "connecting and reading the catalog",
-        lambda conn: (
-            verify.findings(conn, conf.iam_users, login.user)
-            + verify.privilege_findings(conn, privileges, inputs, deadline)
-        ),
-    )
-    for name in names[1:]:
+
+    def first(conn: psycopg.Connection[Any]) -> tuple[list[verify.Finding], list[str]]:
+        found = verify.findings(conn, conf.iam_users, login.user)
+        drift, others = verify.privilege_findings(
+            conn, privileges, inputs, deadline, roles_here=True
+        )
+        return found + drift, others
+
+    found, others = session.retried("connecting and reading the catalog", first)
+    for name in _others(names, others):
         found += session.retried(
             f"reading the privileges in database {name}",
-            lambda conn: verify.privilege_findings(conn, privileges, inputs, deadline),
+            lambda conn: verify.privilege_findings(conn, privileges, inputs, deadline)[0],
             name,
         )
     fields: dict[str, Any] = {"findings": found}
@@ -161,6 +164,12 @@ def _verify(
             lambda user: signer.auth_token(login.host, login.port, user),
         )
     return fields
+
+
+def _others(names: tuple[str, ...], elsewhere: list[str]) -> list[str]:
+    """The databases after DB_NAME: those the document names, in its order, then those
+    where a declared group holds privileges the document does not name."""
+    return [*names[1:], *(name for name in elsewhere if name not in names)]
 
 
 def _apply(
@@ -181,7 +190,7 @@ def _apply(
     changes.extend(applied.changes)
     findings = list(applied.findings)
     done = [session.login.dbname]
-    for name in names[1:]:
+    for name in _others(names, applied.elsewhere):
         # With plan nothing was committed, so the roles are made here again, in this
         # database's own rolled-back transaction; only its privileges are reported.
         per_database = transaction.Attempts(

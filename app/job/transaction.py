@@ -65,21 +65,34 @@ class Inputs:
     group_roles: str = "{}"  # GROUP_ROLES as JSON, every default resolved
     # Where a declared document came from, for its errors; None for the shipped default.
     groups_setting: str | None = None
+    # The document decides all the groups hold (the shipped default only adds).
+    exact: bool = True
 
-    def settings(self) -> tuple[str, str, str, str]:
-        prune = "true" if self.prune else "false"
-        return to_json(self.users), self.master_user, prune, self.group_roles
+    def settings(self, *, roles_here: bool = True) -> dict[str, str]:
+        """Each input by its name after `bootstrap.`; `roles_here` is true in DB_NAME,
+        where the cluster's roles and memberships are the run's business."""
+        return {
+            "iam_users": to_json(self.users),
+            "master_user": self.master_user,
+            "prune": "true" if self.prune else "false",
+            "group_roles": self.group_roles,
+            "exact": "true" if self.exact else "false",
+            "roles_here": "true" if roles_here else "false",
+        }
 
 
-# The inputs, set transaction-local in one round trip; bootstrap.findings is where
-# privileges.sql leaves what it could not act on.
-SET_INPUTS = (
-    "SELECT set_config('bootstrap.iam_users', %s, true),"
-    " set_config('bootstrap.master_user', %s, true),"
-    " set_config('bootstrap.prune', %s, true),"
-    " set_config('bootstrap.group_roles', %s, true),"
-    " set_config('bootstrap.findings', '[]', true)"
+# The inputs, set transaction-local in one round trip; bootstrap.findings and
+# bootstrap.elsewhere are what privileges.sql leaves (what it could not act on, the
+# other databases where the groups hold privileges).
+_SET = (
+    "SELECT count(set_config('bootstrap.' || k, v, true))"
+    " FROM unnest(%s::text[], %s::text[]) AS x(k, v)"
 )
+
+
+def set_inputs(cur: psycopg.Cursor[Any], inputs: Inputs, *, roles_here: bool = True) -> None:
+    given = inputs.settings(roles_here=roles_here) | {"findings": "[]", "elsewhere": "[]"}
+    cur.execute(_SET, (list(given), list(given.values())))
 
 
 def script_output(cur: psycopg.Cursor[Any], setting: str) -> list[managed.Finding]:
@@ -95,12 +108,22 @@ def script_findings(cur: psycopg.Cursor[Any]) -> list[managed.Finding]:
     return script_output(cur, "bootstrap.findings")
 
 
+def elsewhere(cur: psycopg.Cursor[Any]) -> list[str]:
+    """The other databases where a declared group holds privileges that the document
+    does not name (privileges.sql finds them in DB_NAME): the run visits them too."""
+    cur.execute("SELECT current_setting('bootstrap.elsewhere', true)")
+    row = cur.fetchone()
+    found = json.loads(str(row[0])) if row and row[0] else []
+    return [str(name) for name in found]
+
+
 @dataclass
 class Applied:
     """What one run did, as the report tells it."""
 
     changes: ChangeLog
     findings: list[managed.Finding] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
     # The reply to COMMIT was lost, and the next attempt found the catalog exactly as
     # that COMMIT would have left it: `changes` are the lost attempt's.
     confirmed_after_reconnect: bool = False
@@ -336,9 +359,10 @@ class Attempts:
         self.deadline.activity = "starting the transaction"
         _begin(cur, self.deadline)
         locked = time.monotonic()
-        cur.execute(SET_INPUTS, self.inputs.settings())
-        if not self.database_changes_only:  # roles are the cluster's: once, in DB_NAME
-            managed.refuse_login_groups(cur, self.inputs.group_roles, self.inputs.groups_setting)
+        roles_here = not self.database_changes_only  # the cluster's roles: once, in DB_NAME
+        set_inputs(cur, self.inputs, roles_here=roles_here)
+        if roles_here:
+            managed.check_groups(cur, self.inputs.group_roles, self.inputs.groups_setting)
         snapshot = Snapshot.of(conn)
         snapshot.remember(cur)
         self._check_lost_commit(snapshot, cur)
@@ -356,6 +380,7 @@ class Attempts:
             log.event("prune_incomplete", logging.WARNING, **finding)
         found = _after_script(self.script, lambda: script_findings(cur))
         for finding in found:
-            fields = {k: v for k, v in finding.items() if k != "level"}
+            fields = {k: v for k, v in finding.items() if k not in ("level", "statement")}
             log.event("privileges_left_alone", logging.WARNING, **fields)
-        return Applied(changes, prune + found), after, locked
+        others = _after_script(self.script, lambda: elsewhere(cur)) if roles_here else []
+        return Applied(changes, prune + found, others), after, locked

@@ -22,7 +22,14 @@ from app.inputs.settings import Settings
 from app.inputs.users import IamUser, to_json
 from app.job import managed
 from app.job.script import Script
-from app.job.transaction import SET_INPUTS, Inputs, run_script, script_findings, script_output
+from app.job.transaction import (
+    Inputs,
+    elsewhere,
+    run_script,
+    script_findings,
+    script_output,
+    set_inputs,
+)
 from app.login import connect
 from app.login.master import MasterLogin
 from app.retry import Deadline
@@ -110,18 +117,27 @@ def findings(
 
 
 def privilege_findings(
-    conn: psycopg.Connection[Any], privileges: Script, inputs: Inputs, deadline: Deadline
-) -> list[Finding]:
+    conn: psycopg.Connection[Any],
+    privileges: Script,
+    inputs: Inputs,
+    deadline: Deadline,
+    *,
+    roles_here: bool = False,
+) -> tuple[list[Finding], list[str]]:
     """The declared groups' privileges in this database, as privileges.sql sees them
-    without changing anything: each grant it would make, and each it would revoke
-    with PRUNE, is drift; what the master may not act on is a warning."""
+    without changing anything: each difference from the document is drift (with who
+    may fix it, where the master may not); what is not there yet is a warning. In
+    DB_NAME (`roles_here`) also the groups' memberships, and the other databases
+    where they hold privileges, which verify visits too."""
     conn.read_only = True
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(SET_INPUTS, inputs.settings())
-        managed.refuse_login_groups(cur, inputs.group_roles, inputs.groups_setting)
+        set_inputs(cur, inputs, roles_here=roles_here)
+        if roles_here:
+            managed.check_groups(cur, inputs.group_roles, inputs.groups_setting)
         cur.execute("SELECT set_config('bootstrap.check_only', 'true', true)")
         run_script(conn, cur, privileges, deadline)
-        return script_output(cur, "bootstrap.drift") + script_findings(cur)
+        found = script_output(cur, "bootstrap.drift") + script_findings(cur)
+        return found, elsewhere(cur) if roles_here else []
 
 
 def connect_each(

@@ -33,48 +33,52 @@ FROM pg_auth_members a
 CROSS JOIN LATERAL (SELECT to_jsonb(a) AS j) AS o
 UNION ALL
 -- Privileges, one row per object whose ACL is not the default:
--- a:CLASS:OID:KIND:OWNER:ACL, CLASS being the fixed oid of the object's catalog (a
+-- a:CLASS:OID:SUB:KIND:OWNER:ACL, CLASS being the fixed oid of the object's catalog (a
 -- constant in every PostgreSQL version, spelt as a number so that no regclass is
--- parsed per row) and KIND the object type acldefault() takes ('E', its object type
--- and the schema's oid for a schema's default privileges, whose default is none). An
--- object with no row has its owner's implicit privileges (acldefault), which is what
--- the report compares a missing row with: the first GRANT on a table writes its
--- owner's privileges out, and changes none of them. Objects in pg_* schemas and
--- information_schema are PostgreSQL's own.
-SELECT 'a:1262:' || x.oid || ':d:' || x.datdba || ':' || x.datacl::text
+-- parsed per row), SUB a column's number (0 for the rest) and KIND the object type
+-- acldefault() takes ('E', its object type and the schema's oid for a schema's
+-- default privileges, whose default is none). An object with no row has its owner's
+-- implicit privileges (acldefault), which is what the report compares a missing row
+-- with: the first GRANT on a table writes its owner's privileges out, and changes
+-- none of them. PostgreSQL's own objects are here too: a declared group may hold
+-- privileges on them.
+SELECT 'a:1262:' || x.oid || ':0:d:' || x.datdba || ':' || x.datacl::text
 FROM pg_database x WHERE x.datacl IS NOT NULL
 UNION ALL
-SELECT 'a:1213:' || x.oid || ':t:' || x.spcowner || ':' || x.spcacl::text
+SELECT 'a:1213:' || x.oid || ':0:t:' || x.spcowner || ':' || x.spcacl::text
 FROM pg_tablespace x WHERE x.spcacl IS NOT NULL
 UNION ALL
-SELECT 'a:2615:' || x.oid || ':n:' || x.nspowner || ':' || x.nspacl::text
-FROM pg_namespace x
-WHERE NOT (x.nspname ~ '^pg_' OR x.nspname = 'information_schema') AND x.nspacl IS NOT NULL
+SELECT 'a:2615:' || x.oid || ':0:n:' || x.nspowner || ':' || x.nspacl::text
+FROM pg_namespace x WHERE x.nspacl IS NOT NULL
 UNION ALL
-SELECT 'a:1259:' || x.oid || ':' || CASE x.relkind WHEN 'S' THEN 's' ELSE 'r' END || ':'
+SELECT 'a:1259:' || x.oid || ':0:' || CASE x.relkind WHEN 'S' THEN 's' ELSE 'r' END || ':'
        || x.relowner || ':' || x.relacl::text
-FROM pg_class x JOIN pg_namespace n ON n.oid = x.relnamespace
-WHERE x.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
-  AND NOT (n.nspname ~ '^pg_' OR n.nspname = 'information_schema') AND x.relacl IS NOT NULL
+FROM pg_class x
+WHERE x.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND x.relacl IS NOT NULL
 UNION ALL
-SELECT 'a:1255:' || x.oid || ':f:' || x.proowner || ':' || x.proacl::text
-FROM pg_proc x JOIN pg_namespace n ON n.oid = x.pronamespace
-WHERE NOT (n.nspname ~ '^pg_' OR n.nspname = 'information_schema') AND x.proacl IS NOT NULL
+SELECT 'a:1259:' || x.attrelid || ':' || x.attnum || ':c:' || c.relowner || ':' || x.attacl::text
+FROM pg_attribute x JOIN pg_class c ON c.oid = x.attrelid
+WHERE x.attacl IS NOT NULL AND NOT x.attisdropped
 UNION ALL
-SELECT 'a:1247:' || x.oid || ':T:' || x.typowner || ':' || x.typacl::text
-FROM pg_type x JOIN pg_namespace n ON n.oid = x.typnamespace
-WHERE NOT (n.nspname ~ '^pg_' OR n.nspname = 'information_schema') AND x.typacl IS NOT NULL
+SELECT 'a:1255:' || x.oid || ':0:f:' || x.proowner || ':' || x.proacl::text
+FROM pg_proc x WHERE x.proacl IS NOT NULL
 UNION ALL
-SELECT 'a:2612:' || x.oid || ':l:' || x.lanowner || ':' || x.lanacl::text
+SELECT 'a:1247:' || x.oid || ':0:T:' || x.typowner || ':' || x.typacl::text
+FROM pg_type x WHERE x.typacl IS NOT NULL
+UNION ALL
+SELECT 'a:2612:' || x.oid || ':0:l:' || x.lanowner || ':' || x.lanacl::text
 FROM pg_language x WHERE x.lanacl IS NOT NULL
 UNION ALL
-SELECT 'a:2328:' || x.oid || ':F:' || x.fdwowner || ':' || x.fdwacl::text
+SELECT 'a:2328:' || x.oid || ':0:F:' || x.fdwowner || ':' || x.fdwacl::text
 FROM pg_foreign_data_wrapper x WHERE x.fdwacl IS NOT NULL
 UNION ALL
-SELECT 'a:1417:' || x.oid || ':S:' || x.srvowner || ':' || x.srvacl::text
+SELECT 'a:1417:' || x.oid || ':0:S:' || x.srvowner || ':' || x.srvacl::text
 FROM pg_foreign_server x WHERE x.srvacl IS NOT NULL
 UNION ALL
-SELECT 'a:826:' || x.oid || ':'
+-- Default privileges: per schema 'E' + the object type + the schema's oid; global ones
+-- the kind acldefault() takes for that object type (a missing global row is the
+-- built-in default).
+SELECT 'a:826:' || x.oid || ':0:'
        || CASE WHEN x.defaclnamespace <> 0
                THEN 'E' || x.defaclobjtype::text || x.defaclnamespace::text
                WHEN x.defaclobjtype = 'S' THEN 's'
