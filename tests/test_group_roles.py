@@ -602,6 +602,32 @@ BAD_DOCUMENTS = [
     ('{"master": []}', "is the master user"),
     ('{"analyst": [{"schemas": ["' + "x" * 64 + '"], "access": "read"}]}', "longer than 63"),
     ("analyst: [{schemas: [s], access: read", "not valid JSON or YAML"),
+    ('{"analyst": [{"schemas": ["pg_catalog"], "access": "read"}]}', "PostgreSQL's own"),
+    ('{"analyst": [{"schemas": ["information_schema"], "access": "read"}]}', "PostgreSQL's own"),
+    (
+        '{"analyst": [{"schemas": ["s"], "privileges": {"tables": ["EXECUTE"]}}]}',
+        "is not a privilege of tables; allowed: SELECT",
+    ),
+    (
+        '{"analyst": [{"schemas": ["s"], "privileges": {"views": ["SELECT"]}}]}',
+        "unknown privilege kind",
+    ),
+    ('{"analyst": [{"schemas": ["s"], "privileges": {"tables": []}}]}', "non-empty list"),
+    ('{"analyst": [{"schemas": ["s"]}]}', "says nothing the group may do"),
+    ('{"analyst": [{"schemas": ["*"], "objects": ["t"], "access": "read"}]}', 'not in "*"'),
+    (
+        '{"analyst": [{"schemas": ["s"], "objects": ["t"], "owners": ["o"], "access": "read"}]}',
+        "leave one of them out",
+    ),
+    ('{"analyst": {"member_of": ["rds_iam"]}}', "member_of names rds_iam"),
+    ('{"analyst": {"member_of": ["analyst"]}}', "cannot be a member of itself"),
+    ('{"analyst": {"member_of": ["ann"]}}', "a user in IAM_USERS"),
+    ('{"analyst": {"member_of": ["master"]}}', "the master user"),
+    (
+        '{"a": {"member_of": ["b"]}, "b": {"member_of": ["a"]}}',
+        "member_of forms a cycle: a -> b -> a",
+    ),
+    ('{"analyst": {"grant": []}}', "unknown key 'grant'"),
 ]
 
 
