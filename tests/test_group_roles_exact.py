@@ -127,7 +127,7 @@ def test_a_group_declared_empty_loses_everything_in_every_database(
     }
     assert run_job(env(pg18, wide)).code == 0
     assert holdings(pg18, "analyst", "reports")
-    emptied = {"analyst": []}
+    emptied: dict[str, Any] = {"analyst": []}
     plan = run_job(env(pg18, emptied, PRUNE="true"), "plan")
     assert plan.code == 0, plan
     run = run_job(env(pg18, emptied, PRUNE="true"))
