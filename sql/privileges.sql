@@ -76,9 +76,11 @@ BEGIN
         RAISE EXCEPTION 'bootstrap.group_roles must be a JSON object, got %', jsonb_typeof(declared);
     END IF;
     master_oid := (SELECT oid FROM pg_roles WHERE rolname = master);
-    -- The comparison sorts a row per object and privilege: in memory, not on disk.
-    -- With no schema on the search path, regclass names every object with its own.
+    -- The comparison sorts a row per object and privilege: in memory, not on disk,
+    -- and not compiled (JIT took seconds longer than running it). With no schema on
+    -- the search path, regclass names every object with its own.
     PERFORM set_config('work_mem', '64MB', true),
+            set_config('jit', 'off', true),
             set_config('search_path', '', true);
 
     -- What is not there (yet): a group (sql/init.sql makes them; an INIT_SQL of one's

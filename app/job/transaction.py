@@ -41,11 +41,15 @@ IDLE_IN_TRANSACTION_MS = 10_000
 
 # One round trip: the attempt's timeouts, whether this server can write at all (after
 # a failover the writer endpoint may still lead to the demoted instance), and the lock
-# if it is free. CASE keeps a read-only server from being asked for a lock.
+# if it is free. CASE keeps a read-only server from being asked for a lock. JIT is
+# off: the catalog queries of a large run are estimated costly enough for LLVM to
+# compile them, which took seconds longer than running them (PostgreSQL 15, 5,000
+# tables).
 # standard_conforming_strings is set on: the splitter reads backslashes in quotes as
 # PostgreSQL does with it on (and init.sql may not turn it off).
 _BEGIN = """
 SELECT set_config('statement_timeout', %(budget)s, true),
+       set_config('jit', 'off', true),
        set_config('lock_timeout', %(budget)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle)s, true),
        set_config('standard_conforming_strings', 'on', true),
