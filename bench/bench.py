@@ -120,6 +120,7 @@ class Bench:
             f"SELECT set_config('bootstrap.iam_users', '{literal}', true),"
             f" set_config('bootstrap.master_user', '{localpg.MASTER_USER}', true),"
             " set_config('bootstrap.prune', 'false', true),"
+            " set_config('bootstrap.exact', 'false', true),"
             f" set_config('bootstrap.group_roles', '{groups}', true);\n"
         )
         return self.psql_file(inputs, INIT_SQL, PRIVILEGES_SQL)
