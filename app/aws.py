@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import botocore.exceptions as bx
@@ -111,6 +111,8 @@ class Cluster:
     secret_arn: str | None
     # "password", "iam-db-auth" or "iam-db-auth-and-password" where the API reports it
     master_auth: str | None = None
+    # The Data API's HTTP endpoint (DB_TRANSPORT=data-api needs it on).
+    http_endpoint: bool = False
     # What ENABLE_IAM_AUTH did, or with plan would do, to the cluster.
     changes: tuple[dict[str, object], ...] = ()
 
@@ -150,6 +152,14 @@ class Aws:
     @cached_property
     def rds(self) -> RDSClient:
         return self.session.client("rds", config=self.config())
+
+    @cached_property
+    def rds_data(self) -> Any:
+        # A Data API call may run its statement for up to 45 s before the API ends it.
+        timeout = max(1, min(50, math.ceil(self.deadline.remaining())))
+        return self.session.client(
+            "rds-data", config=self.config().merge(Config(read_timeout=timeout))
+        )
 
     @cached_property
     def secretsmanager(self) -> SecretsManagerClient:
@@ -224,6 +234,7 @@ class Aws:
                 resource_id=found["DbClusterResourceId"],
                 secret_arn=secret.get("SecretArn"),
                 master_auth=str(found.get("MasterUserAuthenticationType") or "") or None,
+                http_endpoint=bool(found.get("HttpEndpointEnabled")),
                 changes=tuple(changes),
             )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SERVICES = ("ecs", "logs", "rds", "secretsmanager", "ssm", "stepfunctions")
+SERVICES = ("ecs", "logs", "rds", "rds-data", "secretsmanager", "ssm", "stepfunctions")
 
 # botocore's modules that resolve credentials and tokens, and the calls through which
 # they make a client: the service is their first string argument.

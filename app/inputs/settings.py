@@ -20,6 +20,7 @@ from app.retry import Deadline
 
 DEFAULT_SSLROOTCERT = Path("/etc/aurora-bootstrap/rds-global-bundle.pem")
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+Transport = Literal["postgres", "data-api"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 # Settings whose values are never echoed back, even in an error message.
@@ -31,6 +32,9 @@ EMPTY_MEANS_NONE = frozenset({"IAM_USERS", "GROUP_ROLES", "GROUP_ROLES_FILE"})
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9._:\-\[\]]{1,253}$")
 _CLUSTER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
+_CLUSTER_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:cluster:[A-Za-z][A-Za-z0-9-]{0,62}$"
+)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -57,6 +61,9 @@ class Settings(BaseSettings):
     db_password: SecretStr | None = Field(None, alias="DB_PASSWORD")
     db_secret_arn: str | None = Field(None, alias="DB_SECRET_ARN", max_length=2048)
     db_cluster_id: str | None = Field(None, alias="DB_CLUSTER_ID")
+    db_cluster_arn: str | None = Field(None, alias="DB_CLUSTER_ARN", max_length=2048)
+    # postgres: a TLS connection to the writer; data-api: the RDS Data API over HTTPS.
+    db_transport: Transport = Field("postgres", alias="DB_TRANSPORT")
     db_sslmode: SslMode = Field("verify-full", alias="DB_SSLMODE")
     db_sslrootcert: Path = Field(DEFAULT_SSLROOTCERT, alias="DB_SSLROOTCERT")
     iam_users: Annotated[tuple[users.IamUser, ...], NoDecode] = Field((), alias="IAM_USERS")
@@ -120,6 +127,20 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("db_cluster_arn")
+    @classmethod
+    def _cluster_arn(cls, value: str | None) -> str | None:
+        if value is not None and not _CLUSTER_ARN_RE.fullmatch(value):
+            raise ValueError(
+                "must be an Aurora cluster's ARN (arn:aws:rds:REGION:ACCOUNT:cluster:ID)"
+            )
+        return value
+
+    @field_validator("db_transport", mode="before")
+    @classmethod
+    def _transport(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("db_name", "db_user", "db_secret_arn")
     @classmethod
     def _printable(cls, value: str | None) -> str | None:
@@ -164,7 +185,38 @@ class Settings(BaseSettings):
                 )
         if self.enable_iam_auth and not self.db_cluster_id:
             raise ConfigError("ENABLE_IAM_AUTH", "needs DB_CLUSTER_ID: the cluster to modify")
+        if self.db_transport == "data-api":
+            self._data_api()
+        elif self.db_cluster_arn is not None:
+            raise ConfigError(
+                "DB_CLUSTER_ARN", "is for DB_TRANSPORT=data-api; a connection uses DB_CLUSTER_ID"
+            )
         return self
+
+    def _data_api(self) -> None:
+        """The Data API logs in with a Secrets Manager secret, to a cluster named by
+        its identifier or ARN; what only a connection uses is refused, not ignored.
+        (DB_HOST, DB_PORT and the TLS settings are not read, and not checked.)"""
+        if self.db_iam_auth:
+            raise ConfigError(
+                "DB_IAM_AUTH",
+                "cannot be used with DB_TRANSPORT=data-api: the Data API logs in with a "
+                "Secrets Manager secret, never an IAM token (an IAM-only master cannot use "
+                "it)",
+            )
+        if not self.db_cluster_id and not self.db_cluster_arn:
+            raise ConfigError(
+                "DB_TRANSPORT",
+                "data-api needs the cluster: set DB_CLUSTER_ID or DB_CLUSTER_ARN",
+            )
+        if self.db_cluster_id and self.db_cluster_arn:
+            raise ConfigError("DB_CLUSTER_ARN", "is set and so is DB_CLUSTER_ID; set one of them")
+        if self.db_password is not None:
+            raise ConfigError(
+                "DB_PASSWORD",
+                "is not used by DB_TRANSPORT=data-api, which logs in with a Secrets Manager "
+                "secret (DB_SECRET_ARN, or the cluster's managed secret)",
+            )
 
     def check_master(self, master: str) -> None:
         """The master may be neither an IAM user (rds_iam would lock it out), a role

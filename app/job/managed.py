@@ -103,9 +103,11 @@ def prune_findings(cur: psycopg.Cursor[Any]) -> list[Finding]:
 
 # Declared group roles that exist as roles that can log in (a typo for another name,
 # or a user made by hand, whose grants PRUNE would take), and the server's version.
+# (Lists come back as JSON text, which every transport returns alike.)
 _LOGIN_ROLES = (
-    "SELECT ARRAY(SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin"
-    " ORDER BY 1), current_setting('server_version_num')::int"
+    "SELECT coalesce((SELECT json_agg(rolname ORDER BY rolname) FROM pg_roles"
+    " WHERE rolname = ANY(%s) AND rolcanlogin), '[]')::text,"
+    " current_setting('server_version_num')::int"
 )
 # The first version that has the MAINTAIN privilege.
 MAINTAIN_SINCE = 170000
@@ -129,7 +131,7 @@ def check_groups(cur: psycopg.Cursor[Any], group_roles: str, setting: str | None
         return
     cur.execute(_LOGIN_ROLES, (list(declared),))
     row = cur.fetchone()
-    logins, version = row if row is not None else ([], MAINTAIN_SINCE)
+    logins, version = (json.loads(str(row[0])), row[1]) if row is not None else ([], 0)
     if logins:
         names = ", ".join(repr(str(name)) for name in logins)
         raise ConfigError(

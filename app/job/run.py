@@ -50,6 +50,12 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def verify_command(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     conf, deadline = settings.configure(run.started)
+    if args.connect and conf.db_transport == "data-api":
+        raise ConfigError(
+            "DB_TRANSPORT",
+            "verify --connect logs in as each user over the network, which data-api runs "
+            "without; run it where the writer can be reached, with DB_TRANSPORT=postgres",
+        )
     return database_command("verify", conf, deadline, connect_each=args.connect)
 
 
@@ -91,15 +97,18 @@ def database_command(
     login = credentials.resolve(conf, deadline, plan=command == "plan")
     group_roles = conf.group_roles
     names = group_roles.databases(login.dbname)
+    where: dict[str, Any] = (
+        {"transport": "data-api", "cluster_arn": login.resource_arn}
+        if login.transport == "data-api"
+        else {"host": login.host, "port": login.port, "sslmode": conf.db_sslmode}
+    )
     log.event(
         "start",
         command=command,
-        host=login.host,
-        port=login.port,
+        **where,
         dbname=login.dbname,
         user=login.user,
         credentials=login.source,
-        sslmode=conf.db_sslmode,
         iam_users=len(conf.iam_users),
         group_roles=len(group_roles.groups),
         databases=list(names),

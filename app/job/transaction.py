@@ -85,18 +85,14 @@ class Inputs:
         }
 
 
-# The inputs, set transaction-local in one round trip; bootstrap.findings and
-# bootstrap.elsewhere are what privileges.sql leaves (what it could not act on, the
-# other databases where the groups hold privileges).
-_SET = (
-    "SELECT count(set_config('bootstrap.' || k, v, true))"
-    " FROM unnest(%s::text[], %s::text[]) AS x(k, v)"
-)
-
-
 def set_inputs(cur: psycopg.Cursor[Any], inputs: Inputs, *, roles_here: bool = True) -> None:
+    """The inputs, set transaction-local in one round trip, each value a parameter of
+    its own (the Data API takes no array); bootstrap.findings and bootstrap.elsewhere
+    are what privileges.sql leaves (what it could not act on, the other databases
+    where the groups hold privileges)."""
     given = inputs.settings(roles_here=roles_here) | {"findings": "[]", "elsewhere": "[]"}
-    cur.execute(_SET, (list(given), list(given.values())))
+    calls = ", ".join(f"set_config('bootstrap.{name}', %s, true)" for name in given)
+    cur.execute(f"SELECT {calls}", list(given.values()))
 
 
 def script_output(cur: psycopg.Cursor[Any], setting: str) -> list[managed.Finding]:
@@ -153,7 +149,35 @@ class ReadOnlyServer(psycopg.errors.ReadOnlySqlTransaction):
     """The endpoint leads to a read-only server: a failover not yet visible in DNS."""
 
 
-def _begin(cur: psycopg.Cursor[tuple[object, ...]], deadline: Deadline) -> None:
+def _wait_for_the_lock(
+    cur: psycopg.Cursor[tuple[object, ...]], deadline: Deadline, call_limit: float | None
+) -> None:
+    """Wait for the lock, within the deadline (lock_timeout). Over the Data API a call
+    ends at 45 s, so the wait goes in slices shorter than that, each under a savepoint
+    so that one that runs out leaves the transaction usable."""
+    if call_limit is None:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        return
+    while True:
+        slice_ms = max(int(min(deadline.remaining(), call_limit - 5) * 1000), 1)
+        cur.execute("SAVEPOINT aurora_bootstrap_lock")
+        try:
+            cur.execute(
+                "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock(%s)",
+                (f"{slice_ms}ms", LOCK_KEY),
+            )
+        except psycopg.errors.LockNotAvailable:
+            cur.execute("ROLLBACK TO SAVEPOINT aurora_bootstrap_lock")
+            continue
+        cur.execute("RELEASE SAVEPOINT aurora_bootstrap_lock")
+        return
+
+
+def _begin(
+    conn: psycopg.Connection[tuple[object, ...]],
+    cur: psycopg.Cursor[tuple[object, ...]],
+    deadline: Deadline,
+) -> None:
     budget_ms = max(int(deadline.remaining() * 1000), 1)
     cur.execute(
         _BEGIN,
@@ -168,7 +192,7 @@ def _begin(cur: psycopg.Cursor[tuple[object, ...]], deadline: Deadline) -> None:
     if not locked:
         log.event("lock_wait", reason="another run holds the bootstrap lock", key=LOCK_KEY)
         deadline.activity = "waiting for the bootstrap lock, which another run holds"
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        _wait_for_the_lock(cur, deadline, getattr(conn, "call_limit", None))
         log.event("lock_acquired", waited_s=round(deadline.elapsed(), 3))
 
 
@@ -361,7 +385,7 @@ class Attempts:
         self, conn: psycopg.Connection[tuple[object, ...]], cur: psycopg.Cursor[tuple[object, ...]]
     ) -> tuple[Applied, str, float]:
         self.deadline.activity = "starting the transaction"
-        _begin(cur, self.deadline)
+        _begin(conn, cur, self.deadline)
         locked = time.monotonic()
         roles_here = not self.database_changes_only  # the cluster's roles: once, in DB_NAME
         set_inputs(cur, self.inputs, roles_here=roles_here)

@@ -11,6 +11,7 @@ listed user also logs in with a fresh IAM token and runs SELECT 1.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,15 +38,15 @@ from app.retry import Deadline
 _LISTED = f"""
 SELECT u.name, p.oid IS NOT NULL, coalesce(p.rolcanlogin, false),
        p.oid IS NOT NULL AND {managed.MANAGED_USER},
-       ARRAY(SELECT g.rolname FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
-             WHERE a.member = p.oid),
+       (SELECT coalesce(json_agg(g.rolname), '[]') FROM pg_auth_members a
+        JOIN pg_roles g ON g.oid = a.roleid WHERE a.member = p.oid)::text,
        p.rolconnlimit = 0,
        p.oid IS NOT NULL AND NOT has_database_privilege(p.oid, current_database(), 'CONNECT'),
        -- Groups it is a member of but holds no privileges of (granted WITH INHERIT
        -- FALSE on 16+, or the user NOINHERIT).
-       ARRAY(SELECT DISTINCT g.rolname FROM pg_auth_members a
-             JOIN pg_roles g ON g.oid = a.roleid
-             WHERE a.member = p.oid AND NOT pg_has_role(p.oid, g.oid, 'USAGE')),
+       (SELECT coalesce(json_agg(DISTINCT g.rolname), '[]') FROM pg_auth_members a
+        JOIN pg_roles g ON g.oid = a.roleid
+        WHERE a.member = p.oid AND NOT pg_has_role(p.oid, g.oid, 'USAGE'))::text,
        current_database()
 FROM jsonb_to_recordset(current_setting('bootstrap.iam_users')::jsonb) AS u(name text)
 LEFT JOIN pg_roles p ON p.rolname = u.name
@@ -87,8 +88,10 @@ def findings(
         )
         cur.execute(_LISTED)
         for row in cur.fetchall():
-            name, exists, login, managed, member_of, no_connections, no_connect = row[:7]
-            not_inherited, database = row[7:]
+            name, exists, login, managed, members, no_connections, no_connect = row[:7]
+            inherits_nothing, database = row[7:]
+            # Lists come back as JSON text, which every transport returns alike.
+            member_of, not_inherited = json.loads(str(members)), json.loads(str(inherits_nothing))
             if not exists:
                 found.append({"role": name, "problem": "missing"})
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import cast
 
 import psycopg
 
@@ -100,7 +101,10 @@ def sslrootcert(settings: Settings) -> str | None:
 
 
 def check(settings: Settings) -> ConfigError | None:
-    """A TLS setting problem that can be found before any connection is tried."""
+    """A TLS setting problem that can be found before any connection is tried (the
+    Data API uses none)."""
+    if settings.db_transport == "data-api":
+        return None
     try:
         sslrootcert(settings)
     except ConfigError as exc:
@@ -115,7 +119,16 @@ def connect(
 
     A password from Secrets Manager may have rotated since it was read: on an
     authentication failure it is fetched again once before the login counts as refused.
+    With DB_TRANSPORT=data-api the connection is the RDS Data API, shaped as the part
+    of psycopg's connection the job uses (`app.login.dataapi`).
     """
+    if login.transport == "data-api":
+        from app.login import dataapi  # noqa: PLC0415 (it loads the AWS SDK)
+
+        deadline.activity = f"calling the Data API of {login.resource_arn}"
+        return cast(
+            "psycopg.Connection[tuple[object, ...]]", dataapi.DataApiConnection(login, deadline)
+        )
     deadline.activity = f"connecting to {login.host}:{login.port}"
     while True:
         timeout = max(2, min(settings.connect_timeout, math.ceil(deadline.remaining())))

@@ -1,5 +1,6 @@
 """The order in which the master login is resolved: DB_PASSWORD (with DB_HOST and
-DB_USER), else AWS (`app.login.discover`: the secret, the cluster, an IAM token).
+DB_USER), else AWS (`app.login.discover`: the secret, the cluster, an IAM token); with
+DB_TRANSPORT=data-api, the cluster and secret the RDS Data API logs in with.
 
 The AWS half is imported only when it is needed, so that a run with DB_HOST, DB_USER
 and DB_PASSWORD never loads the AWS SDK.
@@ -14,7 +15,10 @@ from app.retry import Deadline
 
 
 def check(settings: Settings) -> ConfigError | None:
-    """The first thing a run needs: somewhere to log in. None when there is one."""
+    """The first thing a run needs: somewhere to log in. None when there is one (the
+    Data API's cluster the settings have checked already)."""
+    if settings.db_transport == "data-api":
+        return None
     given: list[tuple[str, object]] = [("DB_HOST", settings.db_host), ("DB_USER", settings.db_user)]
     if not settings.db_iam_auth:  # else a token, signed for each attempt, is the password
         given.append(("DB_PASSWORD", settings.db_password))
@@ -32,6 +36,13 @@ def resolve(settings: Settings, deadline: Deadline, *, plan: bool = False) -> Ma
     """The master login, from the environment alone when it can be, once check() has
     found somewhere to log in. A master named by AWS alone (DB_USER unset) is held to
     the rules the settings hold DB_USER to when it is set."""
+    if settings.db_transport == "data-api":
+        from app.login import discover  # noqa: PLC0415 (the AWS SDK loads only on this path)
+
+        login = discover.data_api_login(settings, deadline, plan=plan)
+        if settings.db_user is None:
+            settings.check_master(login.user)
+        return login
     host, user, password = settings.db_host, settings.db_user, settings.db_password
     # ENABLE_IAM_AUTH and DB_IAM_AUTH need the cluster, or a token: AWS either way.
     aws_needed = settings.db_iam_auth or settings.enable_iam_auth

@@ -1,5 +1,6 @@
 """The master login found in AWS: a Secrets Manager secret, the cluster, or an IAM
-token signed with the job's own credentials.
+token signed with the job's own credentials; or, with DB_TRANSPORT=data-api, the
+cluster's ARN and the secret the RDS Data API logs in with.
 
 Imported only when a setting needs AWS (`app.login.credentials` decides), so a run
 with DB_HOST, DB_USER and DB_PASSWORD never loads the SDK.
@@ -165,3 +166,60 @@ def _token_login(settings: Settings, aws: Aws, cluster: Cluster | None) -> Maste
         token=lambda: aws.auth_token(host, port, user),
         prior_changes=list(cluster.changes) if cluster else [],
     )
+
+
+def data_api_login(settings: Settings, deadline: Deadline, *, plan: bool = False) -> MasterLogin:
+    """The Data API's login: the cluster's ARN and a secret's, which the API reads itself
+    (the job never does). DescribeDBClusters finds the ARN, the managed secret and the
+    master's name, and checks the HTTP endpoint and IAM auth; with DB_CLUSTER_ARN and
+    DB_SECRET_ARN both given it is not called, and the master is whoever the secret
+    logs in as."""
+    aws = Aws(deadline)
+    cluster: Cluster | None = None
+    if settings.db_cluster_id or not settings.db_secret_arn:
+        enable = ("plan" if plan else "apply") if settings.enable_iam_auth else None
+        name = settings.db_cluster_id or settings.db_cluster_arn or ""
+        cluster = aws.cluster(name, enable_iam_auth=enable)
+        if not cluster.http_endpoint:
+            raise AwsError(
+                f"cluster {cluster.identifier} has no Data API: its HTTP endpoint is off; "
+                f"enable it with: aws rds enable-http-endpoint --resource-arn {cluster.arn}"
+            )
+    secret_arn = settings.db_secret_arn or (cluster.secret_arn if cluster else None)
+    if secret_arn is None and cluster is not None:  # (no secret given: the cluster was read)
+        if cluster.master_auth == "iam-db-auth":
+            raise ConfigError(
+                "DB_TRANSPORT",
+                f"data-api logs in with a Secrets Manager secret, and the master of cluster "
+                f"{cluster.identifier} logs in with IAM only (MasterUserAuthenticationType "
+                "iam-db-auth); use DB_TRANSPORT=postgres with DB_IAM_AUTH",
+            )
+        raise AwsError(
+            f"cluster {cluster.identifier} has no managed master secret "
+            "(ManageMasterUserPassword is off): set DB_SECRET_ARN"
+        )
+    arn = cluster.arn if cluster else str(settings.db_cluster_arn)
+    if secret_arn is None:
+        raise ConfigError("DB_SECRET_ARN", "not set, and no cluster to find its managed secret")
+    login = MasterLogin(
+        host=arn,
+        port=0,
+        dbname=settings.db_name,
+        user=settings.db_user or (cluster.master_username if cluster else ""),
+        password="",
+        source="secret" if settings.db_secret_arn else "cluster",
+        prior_changes=list(cluster.changes) if cluster else [],
+        transport="data-api",
+        resource_arn=arn,
+        secret_arn=secret_arn,
+    )
+    if not login.user:
+        from app.login import dataapi  # noqa: PLC0415 (as the transport, only on this path)
+
+        row = (
+            dataapi.DataApiConnection(login, deadline, aws)
+            .execute("SELECT current_user::text")
+            .fetchone()
+        )
+        login.user = str(row[0]) if row else ""
+    return login

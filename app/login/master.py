@@ -29,6 +29,11 @@ class MasterLogin:
     token: Callable[[], str] | None = field(default=None, repr=False)
     # What was done, or with plan would be done, before logging in (enabling IAM auth).
     prior_changes: list[dict[str, object]] = field(default_factory=list)
+    # How the job reaches the database: a connection, or the RDS Data API with the
+    # cluster's ARN and a secret's (DB_TRANSPORT).
+    transport: Literal["postgres", "data-api"] = "postgres"
+    resource_arn: str | None = None
+    secret_arn: str | None = None
 
     def __post_init__(self) -> None:
         log.register_secret(self.password)
