@@ -64,11 +64,23 @@ class Snapshot:
             return found, fingerprint
         cur.execute(self._now)
         cur.execute(sqlfiles.query("report/changes.sql"))
-        while (block := cur.fetchone()) is not None:
-            lines = str(block[0])
-            if not fingerprint:
-                first, _, lines = lines.partition("\n")
-                fingerprint = str(json.loads(first)["fingerprint"])
-            if lines:
-                found.add_lines(lines)
+        # Pieces of one text, cut anywhere: a line ends at the piece that ends it.
+        pending = ""
+        while (piece := cur.fetchone()) is not None:
+            lines, newline, rest = (pending + str(piece[0])).rpartition("\n")
+            pending = rest if newline else lines + rest
+            if newline:
+                fingerprint = self._take(found, fingerprint, lines)
+        if pending:
+            fingerprint = self._take(found, fingerprint, pending)
         return found, fingerprint
+
+    @staticmethod
+    def _take(found: ChangeLog, fingerprint: str, lines: str) -> str:
+        """Whole lines of the report: the first is the fingerprint, the rest changes."""
+        if not fingerprint:
+            first, _, lines = lines.partition("\n")
+            fingerprint = str(json.loads(first)["fingerprint"])
+        if lines:
+            found.add_lines(lines)
+        return fingerprint

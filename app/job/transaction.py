@@ -95,12 +95,26 @@ def set_inputs(cur: psycopg.Cursor[Any], inputs: Inputs, *, roles_here: bool = T
     cur.execute(f"SELECT {calls}", list(given.values()))
 
 
+# A setting's text in pieces of at most 16,000 characters: the Data API returns a row
+# of at most 64 KB, and a verify of 5,000 objects leaves more than that.
+_SETTING_IN_PIECES = """
+SELECT substr(v, (i - 1) * 16000 + 1, 16000)
+FROM (SELECT coalesce(current_setting(%s, true), '') AS v) AS s
+CROSS JOIN LATERAL generate_series(1, greatest((length(v) + 15999) / 16000, 1)) AS g(i)
+ORDER BY i
+"""
+
+
+def read_setting(cur: psycopg.Cursor[Any], setting: str) -> str:
+    cur.execute(_SETTING_IN_PIECES, (setting,))
+    return "".join(str(piece) for (piece,) in cur.fetchall())
+
+
 def script_output(cur: psycopg.Cursor[Any], setting: str) -> list[managed.Finding]:
     """A JSON list a script left in a transaction-local setting: bootstrap.findings
     (what the master could not act on, what is not made yet), bootstrap.drift."""
-    cur.execute("SELECT current_setting(%s, true)", (setting,))
-    row = cur.fetchone()
-    found = json.loads(str(row[0])) if row and row[0] else []
+    text = read_setting(cur, setting)
+    found = json.loads(text) if text else []
     return [f for f in found if isinstance(f, dict)]
 
 
@@ -111,10 +125,8 @@ def script_findings(cur: psycopg.Cursor[Any]) -> list[managed.Finding]:
 def elsewhere(cur: psycopg.Cursor[Any]) -> list[str]:
     """The other databases where a declared group holds privileges that the document
     does not name (privileges.sql finds them in DB_NAME): the run visits them too."""
-    cur.execute("SELECT current_setting('bootstrap.elsewhere', true)")
-    row = cur.fetchone()
-    found = json.loads(str(row[0])) if row and row[0] else []
-    return [str(name) for name in found]
+    text = read_setting(cur, "bootstrap.elsewhere")
+    return [str(name) for name in (json.loads(text) if text else [])]
 
 
 @dataclass

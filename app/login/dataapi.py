@@ -15,8 +15,9 @@ What the Data API is, and how each of its rules is kept:
   and a call that times out is followed until the statement has finished.
 - A transaction ends after 3 minutes without a call: the job makes its calls back to
   back, and retries a refused call (throttling, a cluster resuming) within seconds.
-- A response holds at most 1 MiB: a result refused for its size is read again in
-  pages, through a cursor in the same transaction.
+- A response holds at most 1 MiB, and a row at most 64 KB: a result refused for its
+  size is read again in pages, through a cursor in the same transaction; the job's
+  long texts (the report, a script's findings) come in pieces of 16,000 characters.
 - There is no cancel: an interrupted statement ends by the transaction's rollback
   (and by statement_timeout, which the job sets from the deadline).
 - Errors carry PostgreSQL's message and SQLSTATE ("...; SQLState: 42P01"): they are
@@ -274,6 +275,12 @@ class DataApiConnection:
     def run(self, text: str, parameters: list[dict[str, Any]]) -> list[tuple[object, ...]]:
         """One statement; its rows. A result too large for one response is read again
         in pages through a cursor of the transaction."""
+        try:
+            return self._execute(text, parameters)
+        except TooLarge:
+            return self._paged(text, parameters)
+
+    def _execute(self, text: str, parameters: list[dict[str, Any]]) -> list[tuple[object, ...]]:
         request: dict[str, Any] = {
             "sql": text,
             "database": self.login.dbname,
@@ -287,8 +294,6 @@ class DataApiConnection:
             request["transactionId"] = self.transaction_id
         try:
             answer = self._call("ExecuteStatement", **request)
-        except TooLarge:
-            return self._paged(text, parameters)
         except CallTimedOut:
             self._wait_for_the_statement()
             return []
@@ -315,22 +320,23 @@ class DataApiConnection:
             raise AwsError("a result larger than one Data API response needs a transaction")
         name = f"aurora_bootstrap_page_{next(self._cursors)}"
         log.event("result_in_pages", reason="larger than one Data API response (1 MiB)")
-        self.run(f"DECLARE {name} NO SCROLL CURSOR FOR {text}", parameters)
+        self._execute(f"DECLARE {name} SCROLL CURSOR FOR {text}", parameters)
         rows: list[tuple[object, ...]] = []
         size = PAGE_ROWS
         while True:
             try:
-                page = self.run(f"FETCH FORWARD {size} FROM {name}", [])
+                page = self._execute(f"FETCH FORWARD {size} FROM {name}", [])
             except TooLarge:
                 if size == 1:
                     raise AwsError("one row is larger than a Data API response (1 MiB)") from None
-                # A page too large moved the cursor nowhere (the FETCH did not run).
+                # The FETCH ran and its answer was refused: back to where it started.
+                self._execute(f"MOVE ABSOLUTE {len(rows)} IN {name}", [])
                 size = max(size // 2, 1)
                 continue
             rows.extend(page)
             if len(page) < size:
                 break
-        self.run(f"CLOSE {name}", [])
+        self._execute(f"CLOSE {name}", [])
         return rows
 
     def _call(self, operation: str, **request: Any) -> dict[str, Any]:

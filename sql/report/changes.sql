@@ -4,11 +4,10 @@
 --
 -- Roles are matched by name, memberships by (role, member, grantor), privileges by
 -- (object, grantee, grantor, privilege, grant option); names come from the catalog,
--- or for a role dropped in this run from its own snapshot row. The result comes in
--- blocks of 1,000 lines of one JSON object each (a block holds about 100 KB), so that
--- the 40,000 changes of 10,000 new users cost the client 40 rows to read, not 40,000;
--- the first line is the catalog's fingerprint now (fingerprint.sql), which confirms a
--- COMMIT whose reply was lost.
+-- or for a role dropped in this run from its own snapshot row. The result is its
+-- lines of one JSON object each, as one text in pieces (the end), so that a large
+-- report costs the client a few rows to read; the first line is the catalog's
+-- fingerprint now (fingerprint.sql), which confirms a COMMIT whose reply was lost.
 --
 -- psql can run or EXPLAIN it after setting both snapshots, in one transaction:
 --   SELECT set_config('bootstrap.snapshot', ARRAY(<snapshot.sql>)::text, true);
@@ -363,16 +362,19 @@ WITH was AS (SELECT unnest(current_setting('bootstrap.snapshot')::text[]) AS e),
          FROM (SELECT part, k, vary2, val2, c || jsonb_build_object(vary, vals[1]) AS c
                FROM first WHERE n = 1) AS single
          GROUP BY part, vary2, c)
-SELECT string_agg(c, E'\n' ORDER BY n) FROM (
-    SELECT c::text AS c,
-           row_number() OVER (ORDER BY part, k COLLATE "C", name COLLATE "C",
-                                       c::text COLLATE "C") AS n
-    FROM (SELECT 0 AS part, '' AS k, '' AS name,
-                 jsonb_build_object('fingerprint',
-                                    (SELECT count(*) || ':'
-                                            || coalesce(sum(hashtextextended(e, 0)), 0)
-                                     FROM now)) AS c
-          UNION ALL
-          SELECT part, k, name, c FROM entries) AS x) AS y
-GROUP BY (n - 1) / 1000
-ORDER BY (n - 1) / 1000
+-- The lines as one text, in pieces of at most 16,000 characters (64 KB, the most the
+-- Data API returns in a row, at four bytes a character): the client joins them.
+SELECT substr(t.whole, (g.i - 1) * 16000 + 1, 16000)
+FROM (SELECT string_agg(c, E'\n' ORDER BY n) AS whole FROM (
+          SELECT c::text AS c,
+                 row_number() OVER (ORDER BY part, k COLLATE "C", name COLLATE "C",
+                                             c::text COLLATE "C") AS n
+          FROM (SELECT 0 AS part, '' AS k, '' AS name,
+                       jsonb_build_object('fingerprint',
+                                          (SELECT count(*) || ':'
+                                                  || coalesce(sum(hashtextextended(e, 0)), 0)
+                                           FROM now)) AS c
+                UNION ALL
+                SELECT part, k, name, c FROM entries) AS x) AS y) AS t
+CROSS JOIN LATERAL generate_series(1, (length(t.whole) + 15999) / 16000) AS g(i)
+ORDER BY g.i

@@ -5,7 +5,15 @@
 //   statement it is given whole.
 // - data-api-local answers a database error as "ERROR: message\n  Position: N";
 //   AWS adds "; SQLState: XXXXX", which the job reads.
-// Usage: node server.js PORT PGHOST PGPORT PGUSER PGPASSWORD
+// Usage: node server.js PORT PGHOST PGPORT PGUSER PGPASSWORD [CA_PEM] (with a CA: TLS)
+// - data-api-local takes a request body of at most 100 KB (express's default); the
+//   job's inputs for thousands of users are larger, and AWS documents no such limit
+//   (the SQL text alone is at most 64 KiB): 4 MB here.
+const bodyParser = require('body-parser');
+const json = bodyParser.json;
+Object.defineProperty(bodyParser, 'json', {
+  value: (options) => json({ ...options, limit: '4mb' }),
+});
 const transform = require('data-api-local/lib/utils/transformQuery');
 const postgres = require('data-api-local/lib/PostgresClient');
 const createError = require('http-errors');
@@ -29,9 +37,12 @@ postgres.PostgresClient.prototype.query = async function ({ query, values }) {
   }
 };
 
-const [port, host, pgPort, user, password] = process.argv.slice(2);
+const [port, host, pgPort, user, password, ca] = process.argv.slice(2);
+const ssl = ca ? { ca: require('fs').readFileSync(ca, 'utf8') } : false;
 dataApiLocal({
   logger: () => {},
   server: { hostname: '127.0.0.1', port: Number(port) },
-  database: { engine: 'postgresql', host, port: Number(pgPort), user, password, database: 'postgres' },
+  database: {
+    engine: 'postgresql', host, port: Number(pgPort), user, password, database: 'postgres', ssl,
+  },
 }).then(() => process.stdout.write('ready\n'));
