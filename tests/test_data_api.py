@@ -351,3 +351,30 @@ def test_the_cluster_arn_and_a_secret_need_no_rds_call(
     start = next(e for e in run.logs if e["event"] == "start")
     assert start["user"] == MASTER and start["cluster_arn"] == arn
     assert role(catalog(pg18), "alice") is not None
+
+
+def test_policy_gives_the_data_api_calls_and_the_secret(
+    pg18: localpg.LocalPostgres, dapi: DataApiEmulator, aws: awsemu.Emulator
+) -> None:
+    """`policy` with DB_TRANSPORT=data-api adds what the job's own calls need: the four
+    calls on the cluster (each an operation of botocore's rds-data model) and reading
+    the secret, which the Data API does as its caller."""
+    import botocore.session  # noqa: PLC0415
+
+    cluster = make_cluster(aws)
+    run = run_job(data_env(aws, dapi, IAM_USERS="alice"), "policy")
+    assert run.code == 0, run
+    statements = {s["Sid"]: s for s in json.loads(run.stdout)["Statement"]}
+    calls = statements["AuroraBootstrapDataApi"]
+    assert calls["Resource"] == cluster["DBClusterArn"]
+    model = botocore.session.get_session().get_service_model("rds-data")
+    assert {a.split(":")[1] for a in calls["Action"]} <= set(model.operation_names)
+    assert {a.split(":")[0] for a in calls["Action"]} == {model.signing_name}
+    secret = statements["AuroraBootstrapDataApiSecret"]
+    assert secret == {
+        "Sid": "AuroraBootstrapDataApiSecret",
+        "Effect": "Allow",
+        "Action": "secretsmanager:GetSecretValue",
+        "Resource": cluster["MasterUserSecret"]["SecretArn"],
+    }
+    assert statements["AuroraIamConnect"]["Resource"][0].endswith("/alice")

@@ -26,6 +26,11 @@ TASK_ROLE_ACTIONS = {
     "rds-db:connect",  # only with CredentialSource iam, on the master user alone
     "secretsmanager:GetSecretValue",
     "kms:Decrypt",
+    # Transport data-api: the Data API's four calls, on the cluster
+    "rds-data:BeginTransaction",
+    "rds-data:ExecuteStatement",
+    "rds-data:CommitTransaction",
+    "rds-data:RollbackTransaction",
     # custom-resource: its request's ResponseURL, kept by the launcher (with EcsCluster)
     "ssm:GetParameter",
     "ssm:DeleteParameter",
@@ -170,10 +175,13 @@ def test_template_guards_what_a_first_deployment_trips_on() -> None:
     assert "AWS::StackName" in str(resources["LogGroup"]["Properties"]["LogGroupName"])
     assert data["Parameters"]["CpuArchitecture"]["AllowedValues"] == ["X86_64", "ARM64"]
     egress = resources["TaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]
-    assert {rule["FromPort"] if isinstance(rule["FromPort"], int) else "db" for rule in egress} == {
+    # The database's port with Transport postgres alone (the Fn::If's other branch).
+    rules = [rule["Fn::If"][2] if "Fn::If" in rule else rule for rule in egress]
+    assert {rule["FromPort"] if isinstance(rule["FromPort"], int) else "db" for rule in rules} == {
         443,
         "db",
     }
+    assert egress[0]["Fn::If"][:2] == ["DataApi", {"Ref": "AWS::NoValue"}]
     assert {"TaskSecurityGroupId", "Subnets", "TaskDefinitionArn"} <= data["Outputs"].keys()
 
 
@@ -350,3 +358,66 @@ def test_token_login_and_enabling_iam_auth_are_granted_only_when_asked_for() -> 
     assert '"IamLogin"' in policy and '"MayEnableIamAuth"' in policy
     assert "dbuser:${ClusterResourceId}/${DbUser}" in conditions["rds-db:connect"]
     assert "cluster:${ClusterIdentifier}" in conditions["rds:ModifyDBCluster"]
+
+
+def test_transport_data_api_opens_no_database_port_and_grants_the_data_api_calls(
+    aws: awsemu.Emulator,
+) -> None:
+    """Transport data-api in moto's CloudFormation: no ingress rule is added to the
+    database's group even when it is given, and the task definition says DB_TRANSPORT. The task role's Data API grant
+    names the cluster, and each of its actions is an operation of botocore's rds-data
+    model. (moto evaluates no Rules section: the rule that refuses ecs-secret and iam
+    with data-api is checked as text, and by cfn-lint above.)"""
+    import botocore.session  # noqa: PLC0415
+
+    ec2 = aws.admin("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.2.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.2.1.0/24")["Subnet"]["SubnetId"]
+    database = ec2.create_security_group(GroupName="db", Description="db", VpcId=vpc)["GroupId"]
+    # (moto resolves the template's outputs of the launcher, which needs its cluster.)
+    aws.admin("ecs").create_cluster(clusterName="pipeline")
+    outputs = _deploy(
+        aws,
+        "aurora-bootstrap-data-api",
+        Image="123456789012.dkr.ecr.eu-west-1.amazonaws.com/aurora-bootstrap:1.0",
+        ClusterIdentifier="prod-aurora",
+        Transport="data-api",
+        CredentialSource="managed-secret",
+        MasterSecretArn="",
+        ClusterResourceId="",
+        VpcId=vpc,
+        Subnets=subnet,
+        DatabaseSecurityGroupId=database,
+        IamUsers="app_user:app_readwrite",
+        EcsCluster="pipeline",
+    )
+    # (moto keeps a new group's allow-all egress whatever the template says: the
+    # egress rules, the database's port with postgres alone, are checked in the template
+    # by test_template_guards_what_a_first_deployment_trips_on.)
+    rules = ec2.describe_security_groups(GroupIds=[database])["SecurityGroups"][0]["IpPermissions"]
+    assert rules == []
+    definition = aws.admin("ecs").describe_task_definition(
+        taskDefinition=outputs["TaskDefinitionArn"]
+    )["taskDefinition"]
+    [container] = definition["containerDefinitions"]
+    environment = {e["name"]: e["value"] for e in container["environment"] if e}
+    assert environment["DB_TRANSPORT"] == "data-api"
+    [grant] = [s for s in role_statements("TaskRole") if "rds-data:ExecuteStatement" in actions(s)]
+    assert "cluster:${ClusterIdentifier}" in json.dumps(grant["Resource"])
+    model = botocore.session.get_session().get_service_model("rds-data")
+    assert {a.split(":")[1] for a in actions(grant)} <= set(model.operation_names)
+    rule = template()["Rules"]["DataApiLogsInWithASecret"]
+    assert rule["Assertions"][0]["Assert"] == {
+        "Fn::Contains": [["managed-secret", "secret-arn"], {"Ref": "CredentialSource"}]
+    }
+
+
+def test_the_data_api_buildspec_runs_apply_itself_and_fails_the_stage_on_its_code(
+    tmp_path: Path,
+) -> None:
+    """The no-VPC variant: the job runs in CodeBuild over the Data API, no ECS task."""
+    spec = yaml.safe_load((ROOT / "deploy" / "buildspec-data-api.yml").read_text())
+    assert spec["env"]["variables"]["DB_TRANSPORT"] == "data-api"
+    assert "ecs-run" not in json.dumps(spec["phases"])
+    saved = run_build_commands("buildspec-data-api.yml", "apply", 5, tmp_path)
+    assert saved.startswith('{"command": "apply"')

@@ -51,25 +51,55 @@ def auth_token(conf: settings.Settings, deadline: Deadline, user: str) -> str:
 
 
 def connect_policy(conf: settings.Settings, deadline: Deadline) -> dict[str, Any]:
-    """The IAM policy that allows rds-db:connect as each listed user."""
-    if not conf.db_cluster_id:
+    """The IAM policy that allows rds-db:connect as each listed user; with
+    DB_TRANSPORT=data-api also what the job's own Data API calls need."""
+    name = conf.db_cluster_id or conf.db_cluster_arn
+    if not name:
         raise ConfigError("DB_CLUSTER_ID", "needed: the policy names the cluster's resource id")
     if not conf.iam_users:
         raise ConfigError("IAM_USERS", "empty: the policy needs at least one user")
-    cluster = Aws(deadline).cluster(conf.db_cluster_id)
+    cluster = Aws(deadline).cluster(name)
     partition, region, account = cluster.partition_region_account
     prefix = f"arn:{partition}:rds-db:{region}:{account}:dbuser:{cluster.resource_id}"
     names = [user.name for user in conf.iam_users]
     if by_token(conf, cluster):
         names.append(conf.db_user or cluster.master_username)  # the job's own login
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "AuroraIamConnect",
+            "Effect": "Allow",
+            "Action": "rds-db:connect",
+            "Resource": [f"{prefix}/{name}" for name in names],
+        }
+    ]
+    if conf.db_transport == "data-api":
+        statements += data_api_statements(cluster.arn, conf.db_secret_arn or cluster.secret_arn)
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def data_api_statements(cluster_arn: str, secret_arn: str | None) -> list[dict[str, Any]]:
+    """What the job's own calls over the Data API need: its four calls on the cluster,
+    and reading the secret, which the Data API does as its caller."""
+    found = [
+        {
+            "Sid": "AuroraBootstrapDataApi",
+            "Effect": "Allow",
+            "Action": [
+                "rds-data:BeginTransaction",
+                "rds-data:ExecuteStatement",
+                "rds-data:CommitTransaction",
+                "rds-data:RollbackTransaction",
+            ],
+            "Resource": cluster_arn,
+        }
+    ]
+    if secret_arn:
+        found.append(
             {
-                "Sid": "AuroraIamConnect",
+                "Sid": "AuroraBootstrapDataApiSecret",
                 "Effect": "Allow",
-                "Action": "rds-db:connect",
-                "Resource": [f"{prefix}/{name}" for name in names],
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secret_arn,
             }
-        ],
-    }
+        )
+    return found

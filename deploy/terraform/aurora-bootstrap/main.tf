@@ -45,6 +45,7 @@ resource "aws_cloudformation_stack" "bootstrap" {
   parameters = {
     Image                   = var.image
     ClusterIdentifier       = var.cluster_identifier
+    Transport               = var.transport
     VpcId                   = var.vpc_id
     Subnets                 = join(",", var.subnets)
     DatabaseSecurityGroupId = var.database_security_group_id

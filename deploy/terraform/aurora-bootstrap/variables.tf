@@ -13,13 +13,23 @@ variable "cluster_identifier" {
   description = "The Aurora cluster's identifier, lower case (it need not exist yet when the stack is planned)."
 }
 
+variable "transport" {
+  type        = string
+  default     = "postgres"
+  description = "postgres (a connection, from subnets that reach the writer) or data-api (the RDS Data API over HTTPS: any VPC that reaches the AWS APIs; a secret-based master)."
+  validation {
+    condition     = contains(["postgres", "data-api"], var.transport)
+    error_message = "transport must be postgres or data-api."
+  }
+}
+
 variable "vpc_id" {
   type = string
 }
 
 variable "subnets" {
   type        = list(string)
-  description = "The task's subnets: they must reach the cluster, the AWS APIs and S3."
+  description = "The task's subnets: they must reach the AWS APIs, S3 and, with transport postgres, the cluster."
 }
 
 variable "database_security_group_id" {
