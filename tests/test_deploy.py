@@ -364,10 +364,11 @@ def test_transport_data_api_opens_no_database_port_and_grants_the_data_api_calls
     aws: awsemu.Emulator,
 ) -> None:
     """Transport data-api in moto's CloudFormation: no ingress rule is added to the
-    database's group even when it is given, and the task definition says DB_TRANSPORT. The task role's Data API grant
-    names the cluster, and each of its actions is an operation of botocore's rds-data
-    model. (moto evaluates no Rules section: the rule that refuses ecs-secret and iam
-    with data-api is checked as text, and by cfn-lint above.)"""
+    database's group even when it is given, and the task definition says DB_TRANSPORT.
+    The task role's Data API grant names the cluster, and each of its actions is an
+    operation of botocore's rds-data model. (moto evaluates no Rules section: the rule
+    that refuses ecs-secret and iam with data-api is checked as text, and by cfn-lint
+    above.)"""
     import botocore.session  # noqa: PLC0415
 
     ec2 = aws.admin("ec2")
