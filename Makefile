@@ -15,7 +15,7 @@ PLATFORM ?= linux/$(if $(filter aarch64 arm64,$(shell uname -m)),arm64,amd64)
 ARCH   := $(if $(filter linux/arm64,$(PLATFORM)),aarch64,x86_64)
 
 .DEFAULT_GOAL := help
-.PHONY: help install venv-newest image-current system-deps run db-stop test lint docs format template clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench bench-privileges bench-ldap2pg
+.PHONY: help install venv-newest image-current system-deps run db-stop test lint docs format template clean wheels ca-bundle ca-check image image-prune compose-up compose-run bench bench-privileges bench-ldap2pg bench-dataapi
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -144,6 +144,9 @@ bench-privileges: install ## GROUP_ROLES over BENCH_TABLES tables against psql t
 
 bench-ldap2pg: install ## GROUP_ROLES against ldap2pg 5.9 over BENCH_TABLES tables, PostgreSQL 15 and 18
 	$(BIN)/python -m bench.ldap2pg --tables $(BENCH_TABLES)
+
+bench-dataapi: install node_modules/.bin/asl-validator ## 3,000 users over the Data API (data-api-local) against a connection
+	$(BIN)/python -m bench.dataapi --users 3000
 
 clean: ## remove the venv, caches and the local database
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -m tools.localdb remove

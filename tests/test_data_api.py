@@ -1,5 +1,5 @@
 """DB_TRANSPORT=data-api, as the job runs in production: the job as a subprocess, the
-RDS Data API emulated by data-api-local over the real PostgreSQL (tests/dataapi.py),
+RDS Data API emulated by data-api-local over the real PostgreSQL (tools/dataapi_local.py),
 the cluster and its managed secret in moto, judged by exit code, stdout JSON and the
 catalog afterwards.
 
@@ -20,9 +20,9 @@ import pytest
 
 from tests import awsemu
 from tests.conftest import ROOT, catalog, job_env, managed, members_of, npm_tool, role, run_job
-from tests.dataapi import DataApiEmulator
 from tests.test_group_roles import MASTER, ask, privileges, sales_schema
 from tools import localpg
+from tools.dataapi_local import DataApiEmulator
 
 _emulators: dict[int, DataApiEmulator] = {}
 
@@ -39,7 +39,7 @@ def emulator_for(
 ) -> DataApiEmulator:
     npm_tool("data-api-local/lib/index.js")
     if server.port not in every:
-        every[server.port] = DataApiEmulator(server, str(ROOT / "tests" / "dataapi" / "server.js"))
+        every[server.port] = DataApiEmulator(server, str(ROOT / "tools" / "dataapi" / "server.js"))
     emulator = every[server.port]
     emulator.script.reset()
     return emulator

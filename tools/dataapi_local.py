@@ -1,7 +1,7 @@
-"""The RDS Data API for tests: data-api-local (npm) over a real PostgreSQL server,
-behind a proxy that scripts what AWS does and the emulator does not.
+"""The RDS Data API for the tests and the benchmark: data-api-local (npm) over a real
+PostgreSQL server, behind a proxy that scripts what AWS does and the emulator does not.
 
-The emulator (tests/dataapi/server.js, which says where it is brought in line with
+The emulator (tools/dataapi/server.js, which says where it is brought in line with
 AWS) keeps a real transaction per transactionId on a session of its own, logs in as
 the master it was started with (it reads no secret), and has none of AWS's limits.
 The proxy adds, when a test asks: DatabaseResumingException (a cluster waking up),
@@ -159,8 +159,10 @@ class DataApiEmulator:
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         deadline = time.monotonic() + 30
-        assert self._proc.stdout is not None
-        while (line := self._proc.stdout.readline().strip()) != "ready":
+        output = self._proc.stdout
+        if output is None:
+            raise RuntimeError("data-api-local's output is not a pipe")
+        while (line := output.readline().strip()) != "ready":
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"data-api-local did not start: {line}")
         self.proxy = DataApiProxy(self.port)
