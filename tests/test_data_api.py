@@ -178,6 +178,31 @@ def test_group_roles_over_the_data_api(
     assert run_job(env | {"GROUP_ROLES": json.dumps(narrowed)}, "verify").code == 0
 
 
+def test_every_database_the_document_names_in_a_transaction_of_its_own(
+    pg18: localpg.LocalPostgres, dapi: DataApiEmulator, aws: awsemu.Emulator
+) -> None:
+    """Each call names its database: DB_NAME's transaction makes the roles, then the
+    other database's its privileges, under that database's lock."""
+    make_cluster(aws)
+    with pg18.superuser_connect() as conn:
+        conn.execute(f"CREATE DATABASE reports OWNER {MASTER}")
+    with pg18.superuser_connect("reports") as conn:
+        conn.execute(f"SET ROLE {MASTER}")
+        conn.execute("CREATE SCHEMA rpt")
+        conn.execute("CREATE TABLE rpt.daily (x int)")
+    groups = {"analyst": [{"database": "reports", "schemas": ["rpt"], "access": "read"}]}
+    env = data_env(aws, dapi, GROUP_ROLES=json.dumps(groups), IAM_USERS="ann:analyst")
+    run = run_job(env)
+    assert run.code == 0, run
+    assert ("grant_privilege", "reports", "table rpt.daily", "analyst", "SELECT") in privileges(
+        run.changes
+    )
+    assert ask(pg18, "SELECT has_table_privilege('analyst', 'rpt.daily', 'SELECT')", "reports")
+    assert dapi.script.calls.count("CommitTransaction") == 2
+    assert run_job(env, "verify").code == 0
+    assert run_job(env).changes == []
+
+
 def test_a_failing_init_sql_is_rolled_back_with_file_line_and_sqlstate(
     pg18: localpg.LocalPostgres, dapi: DataApiEmulator, aws: awsemu.Emulator, tmp_path: Path
 ) -> None:
