@@ -365,11 +365,15 @@ def test_the_cluster_arn_and_a_secret_need_no_rds_call(
     pg18: localpg.LocalPostgres, dapi: DataApiEmulator, aws: awsemu.Emulator
 ) -> None:
     """With DB_CLUSTER_ARN and DB_SECRET_ARN the job calls the Data API alone, and the
-    master is whoever the secret logs in as (the emulator: the master it runs as)."""
+    master is whoever the secret logs in as (the emulator: the master it runs as); the
+    connection's settings are not read."""
     arn = "arn:aws:rds:us-east-1:123456789012:cluster:elsewhere"
     secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:master-abc"
     env = data_env(aws, dapi, IAM_USERS="alice", DB_CLUSTER_ARN=arn, DB_SECRET_ARN=secret)
     del env["DB_CLUSTER_ID"]
+    # What only a connection reads is neither used nor checked: a host that does not
+    # resolve, a CA bundle that does not exist.
+    env |= {"DB_HOST": "nowhere.invalid", "DB_SSLROOTCERT": "/nonexistent/ca.pem"}
     run = run_job(env)
     assert run.code == 0, run
     assert aws.state.calls == []
