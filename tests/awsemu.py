@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 
 from tools.localpg import free_port
-from tools.loopback import LoopbackHttp
+from tools.loopback import LoopbackHttp, reply
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -216,12 +216,7 @@ class ThrottlingProxy:
                 )
 
             def _answer(self, status: int, headers: dict[str, str], data: bytes) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, status, headers, data)
 
         self._http = LoopbackHttp(Handler)
         self.url = self._http.url

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler
 
 from tools import localpg
 from tools.localpg import free_port
-from tools.loopback import LoopbackHttp
+from tools.loopback import LoopbackHttp, reply
 
 # The operations, by the path of their REST call.
 OPERATIONS = {
@@ -122,13 +122,10 @@ class DataApiProxy:
                 self._answer(response.status, error_type, data)
 
             def _answer(self, status: int, code: str | None, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                headers = {"Content-Type": "application/json"}
                 if code:
-                    self.send_header("x-amzn-ErrorType", code)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    headers["x-amzn-ErrorType"] = code
+                reply(self, status, headers, data)
 
         self._http = LoopbackHttp(Handler)
         self.url = self._http.url

@@ -4,7 +4,20 @@ the benchmark put in front of AWS's emulators (moto, data-api-local)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def reply(
+    handler: BaseHTTPRequestHandler, status: int, headers: Mapping[str, str], data: bytes
+) -> None:
+    """An answer with its headers and a body of `data`."""
+    handler.send_response(status)
+    for key, value in headers.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 class LoopbackHttp:

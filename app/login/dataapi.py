@@ -200,10 +200,6 @@ class DataApiCursor:
         rows, self._rows = self._rows, []
         return rows
 
-    def __iter__(self) -> Iterator[tuple[object, ...]]:
-        while (row := self.fetchone()) is not None:
-            yield row
-
 
 class DataApiConnection:
     """One login's calls to the Data API, shaped as the job uses a psycopg connection."""
