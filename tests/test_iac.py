@@ -288,7 +288,8 @@ class InProcessMoto:
                     **moto.env,
                     **moto.environment_override,
                 }.items():
-                    runtime.setenv(key, value)
+                    # A Number parameter's Ref is a string in CloudFormation; moto keeps a number.
+                    runtime.setenv(key, str(value))
                 result = str(module.handler(event, None))
             moto.results.append(result)
             return result
