@@ -36,16 +36,11 @@ def resolve(settings: Settings, deadline: Deadline, *, plan: bool = False) -> Ma
     """The master login, from the environment alone when it can be, once check() has
     found somewhere to log in. A master named by AWS alone (DB_USER unset) is held to
     the rules the settings hold DB_USER to when it is set."""
-    if settings.db_transport == "data-api":
-        from app.login import discover  # noqa: PLC0415 (the AWS SDK loads only on this path)
-
-        login = discover.data_api_login(settings, deadline, plan=plan)
-        if settings.db_user is None:
-            settings.check_master(login.user)
-        return login
+    data_api = settings.db_transport == "data-api"
     host, user, password = settings.db_host, settings.db_user, settings.db_password
-    # ENABLE_IAM_AUTH and DB_IAM_AUTH need the cluster, or a token: AWS either way.
-    aws_needed = settings.db_iam_auth or settings.enable_iam_auth
+    # ENABLE_IAM_AUTH and DB_IAM_AUTH need the cluster, or a token, and the Data API
+    # is an AWS service: AWS either way.
+    aws_needed = data_api or settings.db_iam_auth or settings.enable_iam_auth
     if host is not None and user is not None and password is not None and not aws_needed:
         return MasterLogin(
             host=host,
@@ -57,7 +52,8 @@ def resolve(settings: Settings, deadline: Deadline, *, plan: bool = False) -> Ma
         )
     from app.login import discover  # noqa: PLC0415 (the AWS SDK loads only on this path)
 
-    login = discover.from_aws(settings, deadline, plan=plan)
+    found = discover.data_api_login if data_api else discover.from_aws
+    login = found(settings, deadline, plan=plan)
     if settings.db_user is None:
         settings.check_master(login.user)
     return login
