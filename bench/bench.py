@@ -79,6 +79,14 @@ def timed(args: list[str], env: dict[str, str]) -> Run:
     return Run(wall, usage.ru_maxrss, out[0].decode(), err[0].decode())
 
 
+def applied(env: dict[str, str]) -> Run:
+    """The job's `apply`, timed; one that does not succeed ends the benchmark."""
+    run = timed([str(CLI), "apply"], env)
+    if json.loads(run.stdout)["exit_code"] != 0:
+        raise RuntimeError(run.stdout)
+    return run
+
+
 GROUP = "g"  # one group role per user; a one-letter name keeps IAM_USERS short
 
 

@@ -16,12 +16,11 @@ the same per call (tens of milliseconds) to every one of them.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
 
-from bench.bench import CLI, ROOT, Bench, CountingProxy, Counts, Run, fresh, timed, users_list
+from bench.bench import ROOT, Bench, CountingProxy, Counts, applied, fresh, users_list
 from tools import localpg
 from tools.dataapi_local import DataApiEmulator
 
@@ -49,12 +48,6 @@ def data_api_env(bench: Bench, users: str, url: str) -> dict[str, str]:
     }
 
 
-def applied(run: Run) -> Run:
-    if json.loads(run.stdout)["exit_code"] != 0:
-        raise RuntimeError(run.stdout)
-    return run
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=3000)
@@ -77,12 +70,12 @@ def main() -> int:
                 for case in ("new", "noop"):
                     if side == "pg":
                         proxy.counts = Counts()
-                        run = applied(timed([str(CLI), "apply"], bench.job_env(users, proxy.port)))
+                        run = applied(bench.job_env(users, proxy.port))
                         trips[f"pg_{case}"] = proxy.counts.round_trips
                     else:
                         emulator.script.reset()
                         env = data_api_env(bench, users, emulator.url)
-                        run = applied(timed([str(CLI), "apply"], env))
+                        run = applied(env)
                         trips[f"da_{case}"] = len(emulator.script.calls)
                     series[f"{side}_{case}"].append(run.wall)
                 bench.drop("d")

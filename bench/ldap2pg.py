@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench.bench import CLI, ROOT, Bench, Run, fresh, import_floor, timed
+from bench.bench import ROOT, Bench, Run, applied, fresh, import_floor, timed
 from bench.privileges import DOCUMENT, by_hand, drop_groups, make_schema
 from tools import localpg
 
@@ -97,10 +97,7 @@ def job(bench: Bench, document: Mapping[str, object], *, prune: bool = False) ->
     env = bench.job_env("") | {"GROUP_ROLES": json.dumps(document)}
     if prune:
         env["PRUNE"] = "true"
-    run = timed([str(CLI), "apply"], env)
-    if json.loads(run.stdout)["exit_code"] != 0:
-        raise RuntimeError(run.stdout)
-    return run
+    return applied(env)
 
 
 def measure(version: str, tables: int, reps: int, binary: Path) -> dict[str, float]:

@@ -27,7 +27,17 @@ from pathlib import Path
 
 from psycopg import sql
 
-from bench.bench import CLI, ROOT, Bench, CountingProxy, Counts, Run, fresh, import_floor, timed
+from bench.bench import (
+    ROOT,
+    Bench,
+    CountingProxy,
+    Counts,
+    Run,
+    applied,
+    fresh,
+    import_floor,
+    timed,
+)
 from tools import localpg
 
 DOCUMENT = {
@@ -61,10 +71,7 @@ def make_schema(bench: Bench, db: str, tables: int) -> None:
 
 def job(bench: Bench, db: str, port: int | None = None) -> Run:
     env = bench.job_env("", port) | {"DB_NAME": db, "GROUP_ROLES": json.dumps(DOCUMENT)}
-    run = timed([str(CLI), "apply"], env)
-    if json.loads(run.stdout)["exit_code"] != 0:
-        raise RuntimeError(run.stdout)
-    return run
+    return applied(env)
 
 
 def by_hand(bench: Bench, db: str) -> Run:

@@ -60,7 +60,7 @@ class Script:
         self.refused.clear()
 
 
-def _error(code: str, message: str) -> bytes:
+def _error(message: str) -> bytes:
     return json.dumps({"message": message}).encode()
 
 
@@ -90,7 +90,7 @@ class DataApiProxy:
                             script.refuse[operation] = (status, code, left - 1)
                         script.refused[code] = script.refused.get(code, 0) + 1
                 if refusal is not None:
-                    self._answer(status, code, _error(code, f"emulated {code}"))
+                    self._answer(status, code, _error(f"emulated {code}"))
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
@@ -114,10 +114,10 @@ class DataApiProxy:
                     return
                 if timed_out and response.status == 200:
                     code = "StatementTimeoutException"
-                    self._answer(400, code, _error(code, "The statement ran past 45 s"))
+                    self._answer(400, code, _error("The statement ran past 45 s"))
                     return
                 if limit is not None and response.status == 200 and len(data) > limit:
-                    self._answer(400, "BadRequestException", _error("", TOO_LARGE))
+                    self._answer(400, "BadRequestException", _error(TOO_LARGE))
                     return
                 self._answer(response.status, error_type, data)
 
